@@ -1,0 +1,1 @@
+"""Datasets on disk: the stereo sample format (synthetic and MADS) and its reader."""
