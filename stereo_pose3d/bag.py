@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shutil
 import sys
 import threading
 import time
@@ -365,12 +366,14 @@ def iter_stereo_pairs(
     queue_size: int = 10,
     slop: float = 0.02,
     ground_truth: dict[int, np.ndarray] | None = None,
+    corrupt: dict[str, int] | None = None,
 ) -> Iterator[tuple[Any, Any, Any, Any, int]]:
     """Synchronized pairs of a bag in recording order: ``(left, right, left_info, right_info,
     log_time_ns)`` as rclpy messages (latest camera_info per side; None before the first).
 
     ``ground_truth``, if given, is filled with ``{stamp_ns: (J, 3) joints}`` from
-    ``/ground_truth/joints``.
+    ``/ground_truth/joints``. Messages that cannot be deserialised are skipped and counted per
+    topic in ``corrupt`` (if given).
     """
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo, Image
@@ -405,16 +408,20 @@ def iter_stereo_pairs(
                 yield left, right, info["left"], info["right"], t
             now[0] = ts
             topic = conn.topic
-            if topic == names["left_image"]:
-                sync.add(deserialize_message(bytes(raw), Image), 0)
-            elif topic == names["right_image"]:
-                sync.add(deserialize_message(bytes(raw), Image), 1)
-            elif topic in (names["left_info"], names["right_info"]):
-                side = "left" if topic == names["left_info"] else "right"
-                info[side] = deserialize_message(bytes(raw), CameraInfo)
-            elif gt_cls is not None and ground_truth is not None:
-                msg = deserialize_message(bytes(raw), gt_cls)
-                ground_truth[stamp_to_ns(msg.header.stamp)] = pose_array_to_numpy(msg)[0]
+            try:
+                if topic == names["left_image"]:
+                    sync.add(deserialize_message(bytes(raw), Image), 0)
+                elif topic == names["right_image"]:
+                    sync.add(deserialize_message(bytes(raw), Image), 1)
+                elif topic in (names["left_info"], names["right_info"]):
+                    side = "left" if topic == names["left_info"] else "right"
+                    info[side] = deserialize_message(bytes(raw), CameraInfo)
+                elif gt_cls is not None and ground_truth is not None:
+                    msg = deserialize_message(bytes(raw), gt_cls)
+                    ground_truth[stamp_to_ns(msg.header.stamp)] = pose_array_to_numpy(msg)[0]
+            except Exception:  # corrupt serialised data (rclpy raises RMWError)
+                if corrupt is not None:
+                    corrupt[topic] = corrupt.get(topic, 0) + 1
         while ready:
             left, right, t = ready.pop(0)
             yield left, right, info["left"], info["right"], t
@@ -503,10 +510,11 @@ def process_bag(
     predictions: dict[int, np.ndarray] = {}
     thumbs: list[np.ndarray] = []
     video_writer = None
+    corrupt: dict[str, int] = {}
     t0 = time.perf_counter()
     try:
         for left, right, linfo, rinfo, ts in iter_stereo_pairs(
-            bag, ns, queue_size, slop, ground_truth
+            bag, ns, queue_size, slop, ground_truth, corrupt
         ):
             index = summary.pairs
             summary.pairs += 1
@@ -514,6 +522,9 @@ def process_bag(
                 result = processor.process(left, right, linfo, rinfo)
             except InputError as exc:
                 summary.rejected[exc.reason] = summary.rejected.get(exc.reason, 0) + 1
+                continue
+            except Exception:  # the estimator (torch) may raise anything; the node counts it too
+                summary.rejected["estimator_error"] = summary.rejected.get("estimator_error", 0) + 1
                 continue
             summary.processed += 1
             writer.write(conn_markers, ts, serialize_message(result.markers))
@@ -555,10 +566,16 @@ def process_bag(
                         img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA
                     )
                 )
-    except BaseException:
+    except BaseException:  # error or Ctrl-C: no half-written outputs are left behind
         writer.close()
+        if video_writer is not None:
+            video_writer.release()
+            Path(video).unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
         raise
     writer.close()
+    if corrupt:
+        summary.rejected["corrupt_message"] = sum(corrupt.values())
     if video_writer is not None:
         video_writer.release()
         summary.video = str(video)

@@ -43,6 +43,12 @@ QOS_CHOICES = ("sensor_data", "reliable")
 # A pair older than the previous one by more than this is a clock reset (bag loop, sim restart),
 # not an out-of-order message: the node starts over instead of rejecting every later frame.
 TIME_RESET_S = 1.0
+# Diagnostics say the node is waiting for a camera when none of its images came for this long
+# (a driver that died or a cable that came loose), or for pairs when images come but none pair.
+IMAGE_TIMEOUT_S = 3.0
+# After rejected input the status is WARN (naming the last problem) for this long; then OK again
+# once frames are processed, with the failure count and its age in the message.
+RECENT_ERROR_S = 10.0
 
 
 class ConfigError(ValueError):
@@ -137,10 +143,8 @@ def validate_config(values: dict[str, Any], check_files: bool = True) -> NodeCon
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             errors.append(f"{f.name}: expected {expected.__name__}, got {value!r}")
-            continue
+            value = getattr(defaults, f.name)  # range checks below see only the others
         out[f.name] = value
-    if errors:
-        raise ConfigError("invalid parameters:\n  " + "\n  ".join(errors))
 
     def check(ok: bool, message: str) -> None:
         if not ok:
@@ -370,7 +374,12 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
         self._info_lock = threading.Lock()
         self._info: dict[str, Any] = {"left": None, "right": None}
         self._last_pair_ns: int | None = None
+        # monotonic arrival time of the latest image per side and of the latest pair
+        self._last_seen: dict[str, float | None] = {
+            "left": None, "right": None, "pair": None, "first_image": None,
+        }  # fmt: skip
         self._last_error: str = ""
+        self._last_error_time = -math.inf
         self._create_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._slot = LatestSlot()
@@ -432,9 +441,13 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
                 TypeError,
             ) as exc:
                 errors.append(f"{f.name}: {exc}")
+        try:  # also the values that declared fine (floats take any type): every error at once
+            config = validate_config(values, check_files=check_files and not errors)
+        except ConfigError as exc:
+            errors += [line.strip() for line in str(exc).splitlines()[1:]]
         if errors:
             raise ConfigError("invalid parameters:\n  " + "\n  ".join(errors))
-        return validate_config(values, check_files=check_files)
+        return config
 
     def _on_set_parameters(self, params: list[Any]) -> Any:
         from rcl_interfaces.msg import SetParametersResult
@@ -486,8 +499,8 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
             self.config.queue_size,
             self.config.slop,
         )
-        self._image_subs[0].registerCallback(lambda _m: self.stats.inc("received_left"))
-        self._image_subs[1].registerCallback(lambda _m: self.stats.inc("received_right"))
+        self._image_subs[0].registerCallback(lambda _m: self._on_image("left"))
+        self._image_subs[1].registerCallback(lambda _m: self._on_image("right"))
         self._sync.registerCallback(self._on_pair)
         out_qos = QoSProfile(depth=10)
         self.pub_markers = self.create_publisher(MarkerArray, "pose3d/markers", out_qos)
@@ -500,9 +513,17 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
         with self._info_lock:
             self._info[side] = msg  # latest per side: one-shot and rare publishers work
 
+    def _on_image(self, side: str) -> None:
+        self.stats.inc(f"received_{side}")
+        now = time.monotonic()
+        self._last_seen[side] = now
+        if self._last_seen["first_image"] is None:
+            self._last_seen["first_image"] = now
+
     def _on_pair(self, left: Any, right: Any) -> None:
         """Executor thread: order check, then hand the pair to the worker (never blocks)."""
         self.stats.inc("synchronized")
+        self._last_seen["pair"] = time.monotonic()
         stamp = ros_io.stamp_to_ns(left.header.stamp)
         last = self._last_pair_ns
         if last is not None and stamp <= last:
@@ -592,6 +613,7 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
     def _reject(self, reason: str, message: str) -> None:
         self.stats.reject(reason)
         self._last_error = f"{reason}: {message}"
+        self._last_error_time = time.monotonic()
         self._warn(reason, f"{message} [{reason}; counted in /diagnostics]")
 
     # -- diagnostics ----------------------------------------------------------------------------
@@ -618,7 +640,15 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
             status.message = "waiting for images on " + ", ".join(
                 self.resolve_topic_name(f"{s}/image_rect") for s in ("left", "right")
             )
-        elif self._last_error and snap["failed"]:
+        elif waiting := self._waiting_message():
+            status.level = DiagnosticStatus.WARN
+            status.message = waiting
+            self._warn("waiting", waiting)
+        elif (
+            self._last_error
+            and snap["failed"]
+            and (not snap["processed"] or time.monotonic() - self._last_error_time < RECENT_ERROR_S)
+        ):
             status.level = DiagnosticStatus.WARN if snap["processed"] else DiagnosticStatus.ERROR
             status.message = (
                 f"{snap['processed']} processed, {snap['failed']} failed; last: "
@@ -627,6 +657,9 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
         else:
             status.level = DiagnosticStatus.OK
             status.message = f"{snap['processed']} processed, {snap['dropped']} dropped"
+            if snap["failed"]:
+                ago = time.monotonic() - self._last_error_time
+                status.message += f", {snap['failed']} failed (the last {ago:.0f} s ago)"
 
         def fmt(v: Any) -> str:
             return f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -635,6 +668,26 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
+
+    def _waiting_message(self) -> str:
+        """What the node waits for when images stopped (one or both cameras gone) or come but
+        never pair (stamps further apart than slop); "" when neither."""
+        now = time.monotonic()
+        seen = dict(self._last_seen)
+        stale = [s for s in ("left", "right") if seen[s] is None or now - seen[s] > IMAGE_TIMEOUT_S]
+        if stale:
+            parts = []
+            for side in stale:
+                ago = "none yet" if seen[side] is None else f"none for {now - seen[side]:.1f} s"
+                parts.append(f"{self.resolve_topic_name(f'{side}/image_rect')} ({ago})")
+            return "waiting for images on " + ", ".join(parts)
+        last_pair = seen["pair"] if seen["pair"] is not None else seen["first_image"]
+        if last_pair is not None and now - last_pair > IMAGE_TIMEOUT_S:
+            return (
+                f"images arrive on both sides but no pair within slop={self.config.slop} s for "
+                f"{now - last_pair:.1f} s: check the two cameras' header stamps"
+            )
+        return ""
 
     def destroy_node(self) -> None:
         self._stop.set()
@@ -649,7 +702,11 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=sys.argv if argv is None else argv)
+    try:
+        rclpy.init(args=sys.argv if argv is None else argv)
+    except Exception as exc:  # e.g. an unreadable or malformed --params-file
+        print(f"[{NODE_NAME}] cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
     node = None
     try:
         node = StereoPose3DNode()

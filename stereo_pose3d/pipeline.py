@@ -86,15 +86,28 @@ class Rectifier:
         with self._lock:
             maps = self._maps.get(key)
             if maps is None:
-                D = cam.D if cam.D.size else np.zeros(5)
-                if cam.distortion_model == "equidistant":
-                    maps = cv2.fisheye.initUndistortRectifyMap(
-                        cam.K, D[:4], cam.R, cam.P[:, :3], (w, h), cv2.CV_16SC2
+                D = cam.D.reshape(-1) if cam.D.size else np.zeros(5)
+                fisheye = cam.distortion_model == "equidistant"
+                if not (D.size >= 4 if fisheye else D.size in (4, 5, 8, 12, 14)):
+                    takes = "at least 4" if fisheye else "4, 5, 8, 12 or 14"
+                    raise InputError(
+                        "bad_calibration",
+                        f"camera_info D has {D.size} coefficients: cannot rectify "
+                        f"{cam.distortion_model or 'plumb_bob'} images (OpenCV takes {takes})",
                     )
-                else:
-                    maps = cv2.initUndistortRectifyMap(
-                        cam.K, D, cam.R, cam.P[:, :3], (w, h), cv2.CV_16SC2
-                    )
+                try:
+                    if fisheye:
+                        maps = cv2.fisheye.initUndistortRectifyMap(
+                            cam.K, D[:4], cam.R, cam.P[:, :3], (w, h), cv2.CV_16SC2
+                        )
+                    else:
+                        maps = cv2.initUndistortRectifyMap(
+                            cam.K, D, cam.R, cam.P[:, :3], (w, h), cv2.CV_16SC2
+                        )
+                except cv2.error as exc:
+                    raise InputError(
+                        "bad_calibration", f"cannot rectify with this camera_info: {exc}"
+                    ) from None
                 if len(self._maps) >= self._max:
                     self._maps.pop(next(iter(self._maps)))
                 self._maps[key] = maps
@@ -163,7 +176,11 @@ def prepare_frame(
         )
     if not images_rectified:
         rect = rectifier or Rectifier()
-        images = [rect(img, cam) for img, cam in zip(images, cams, strict=True)]
+        for i, side in enumerate(("left", "right")):
+            try:
+                images[i] = rect(images[i], cams[i])
+            except InputError as exc:
+                raise InputError(exc.reason, f"{side} {exc}") from exc
     return StereoFrame(
         stamp_ns=ros_io.stamp_to_ns(left_msg.header.stamp),
         header=ros_io.copy_header(left_msg.header),

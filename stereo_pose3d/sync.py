@@ -142,6 +142,8 @@ class ApproximateTimeSynchronizer(SimpleFilter):
             my_queue[stamp] = msg
             while len(my_queue) > self.queue_size:
                 del my_queue[min(my_queue)]
+            if stamp not in my_queue:  # older than a full queue (e.g. a clock reset): evicted
+                return
             if my_queue_index is None:
                 my_queue_index = next(i for i, q in enumerate(self.queues) if q is my_queue)
             # Per other input: its stamps within slop of the new one, closest first.

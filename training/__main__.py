@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-2d": ("training.train", "2D heatmap pretraining (MPII or synthetic)"),
     "train-baseline": ("training.train", "train the two-view Simple Baselines + DLT model"),
     "finetune-cdr": ("training.train", "train / fine-tune CDRNet end to end (2D + 3D losses)"),
+    "train-locator": ("training.train", "train the full-frame person locator"),
     "eval": ("training.evaluate", "evaluate a checkpoint: MPJPE tables, floor, figures"),
     "export": ("training.export", "write the node's checkpoint format"),
     "demo": ("training.demo", "end-to-end demo: synthetic bag -> node -> markers, MPJPE, picture"),

@@ -36,10 +36,12 @@ NS = "/stereo"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bag",
-        default="data/demo/synthetic_dance_a.mcap",
+        default="data/demo/synthetic_dance_b.mcap",
         help="input rosbag2; generated when missing (default: %(default)s)",
     )
-    parser.add_argument("--clip", default="dance_a", help="clip for a generated bag")
+    parser.add_argument(
+        "--clip", default="dance_b", help="clip for a generated bag (dance_b: a validation clip)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a generated bag")
     parser.add_argument("--seed", type=int, default=0, help="seed of a generated bag")
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate of a generated bag")

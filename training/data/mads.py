@@ -51,6 +51,7 @@ has a NaN joint are skipped (the sample format has no per-joint 3D validity).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -714,6 +715,16 @@ def _dataset_extra(prepared: list[_Prepared], sequences: list[str], args) -> dic
     }
 
 
+def _same_extraction(target: Path, extra: dict[str, Any]) -> bool:
+    """True when ``target/dataset.json`` records the extraction described by ``extra``."""
+    try:
+        info = json.loads((target / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    expected = json.loads(json.dumps(extra))  # tuples -> lists, as stored
+    return all(info.get(k) == v for k, v in expected.items())
+
+
 def split_sequences(
     movements: list[MovementFiles], val_sequences: list[str] | None
 ) -> dict[str, list[tuple[MovementFiles, MADSSequence]]]:
@@ -769,9 +780,20 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     out = Path(args.out)
     splits = split_sequences(movements, args.val_sequences)
-    for split in splits:
+
+    def extra(items: list) -> dict[str, Any]:
+        used = [prepared[m.movement] for m in {id(m): m for m, _ in items}.values()]
+        return _dataset_extra(used, [s.sequence_id for _, s in items], args)
+
+    done = set()
+    for split, items in splits.items():
         target = out / split
         if (target / "dataset.json").exists() and not args.overwrite:
+            # A split is moved into place only when complete: the same extraction, finished by
+            # an earlier run that was interrupted later, is kept; anything else is not replaced.
+            if items and _same_extraction(target, extra(items)):
+                done.add(split)
+                continue
             raise MADSError(f"{target} already holds a dataset; pass --overwrite to replace it")
     stats: dict[str, Any] = {}
     for split in ("val", "train"):  # the small split first: a quick, complete first result
@@ -779,6 +801,9 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
         if not items:
             continue
         target = out / split
+        if split in done:
+            print(f"kept {target}: complete from an earlier run", file=sys.stderr)
+            continue
         # Each split is built in a hidden staging folder and moved into place only when complete,
         # so an error or Ctrl-C never leaves a half-written dataset behind.
         staging = out / f".{split}.partial"
@@ -792,7 +817,7 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
                 skeleton=MADS.name,
                 joint_names=MADS.joint_names,
                 image_size=used[0].rig.image_size,
-                extra=_dataset_extra(used, [s.sequence_id for _, s in items], args),
+                extra=extra(items),
                 jpeg_quality=args.jpeg_quality,
             )
             for files, seq in tqdm(items, desc=f"MADS {split}", unit="seq", disable=args.quiet):
