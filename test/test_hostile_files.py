@@ -7,8 +7,8 @@ outputs left behind.
   ``training export``, and the training code's ``--init`` / ``--resume`` readers.
   ``test_checkpoint.py`` covers ``load_checkpoint`` itself.
 * YAML: node parameter files with wrong types (every bad parameter named at once), malformed or
-  missing; training configs with wrong types (see the xfail tests: bugs reported to the owner of
-  training/train.py).
+  missing; training configs with wrong types or missing data (named before the run dir is
+  created).
 * Bags: truncated (mcap and sqlite3), lacking topics, wrong image type, unreadable metadata,
   corrupt serialised messages, an estimator that fails, an interrupted run.
 """
@@ -167,8 +167,7 @@ def test_eval_and_export_refuse_hostile_checkpoints(hostile, marker, tiny_set, t
         err = capsys.readouterr().err
         assert code == 2, (name, err)
         check_message(err, path)
-        # (eval creates its --out folder before reading anything: an empty folder remains)
-        assert not out.exists() or not any(out.iterdir())
+        assert not out.exists(), name
     for name in ("truncated_half", "pickle_zip", "pickle_plain", "other_architecture", "text"):
         path = hostile[name]
         out = tmp_path / f"export_{name}.pt"
@@ -181,12 +180,6 @@ def test_eval_and_export_refuse_hostile_checkpoints(hostile, marker, tiny_set, t
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in training/evaluate.py (not this suite's file; reported): a locator-only "
-    "checkpoint gives \"error: 'joint_names'\" (file not named), and a --data folder that does "
-    "not exist is evaluated as an empty MPII set with exit code 0",
-)
 def test_eval_names_a_checkpoint_of_another_architecture_and_a_missing_data_folder(
     hostile, tiny_set, tmp_path, capsys
 ):
@@ -194,12 +187,14 @@ def test_eval_names_a_checkpoint_of_another_architecture_and_a_missing_data_fold
     code = training_main(["eval", "--ckpt", str(path), "--data", str(tiny_set),
                           "--out", str(tmp_path / "a"), "--device", "cpu"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and path.name in err, err
+    assert code == 2 and path.name in err and "locator" in err, err
+    assert not (tmp_path / "a").exists()
     missing = tmp_path / "no_such_set"
     argv = ["eval", "--ckpt", str(hostile["truncated_half"]), "--data", str(missing), "--out",
             str(tmp_path / "b"), "--device", "cpu"]  # fmt: skip
     code = training_main(argv)
     assert code == 2 and "no_such_set" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_node_process_exits_cleanly_on_hostile_weights(hostile, marker, tmp_path):
@@ -306,12 +301,6 @@ def test_training_config_structure_errors_are_clear(tmp_path, capsys, config, ne
 DATA = "data: {train: TINY_SET, val: TINY_SET}\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in training/train.py (not this suite's file; reported): wrongly typed or "
-    "malformed configs fail late, with a traceback (TypeError, yaml ParserError, DatasetError) "
-    "or an error that does not name the key, after run_dir/config.yaml was written",
-)
 @pytest.mark.parametrize(
     ("config", "key"),
     [("stage: finetune-cdr\ntrain: {batch_size: eight}\n" + DATA, "batch_size"),

@@ -427,6 +427,11 @@ class ModelRunner:
             self.settings = dict(DEFAULT_ESTIMATOR)
             self.config = {"pose": self.pose_net.config}
         pose_cfg = self.pose_net.config
+        if pose_cfg["architecture"] == "locator":
+            raise ValueError(
+                f"{self.path}: holds only a person locator, no pose network to evaluate "
+                "(give a pose or system checkpoint)"
+            )
         self.architecture = pose_cfg["architecture"]
         self.joint_names = list(pose_cfg["joint_names"])
         self.crop_size = tuple(pose_cfg["input_size"])
@@ -882,8 +887,10 @@ def _main(args: argparse.Namespace) -> int:
     ckpts = list(args.ckpt) + list(args.compare or [])
     names = list(args.name or [])
     names += [None] * (len(ckpts) - len(names))
-    out_dir = args.out or Path("runs/eval") / args.data.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for flag, folder in (("--data", args.data), ("--bone-prior", args.bone_prior)):
+        if folder is not None and not folder.is_dir():
+            raise FileNotFoundError(f"{flag} {folder}: no such folder")
+    out_dir = args.out or Path("runs/eval") / args.data.name  # created once results exist
     if not (args.data / "dataset.json").is_file():
         return _main_mpii(args, ckpts, names, out_dir)
     from training.data.stereo_dataset import StereoDataset
@@ -979,6 +986,7 @@ def _main(args: argparse.Namespace) -> int:
                 for res in [evaluate_predictions(gt, pr, skeleton)]
             }
         report["models"][r.name] = entry
+    out_dir.mkdir(parents=True, exist_ok=True)
     report["figures"] = [
         str(f) for f in _figures(report, gt, preds, runners, skeleton, fig_images, out_dir)
     ]
@@ -1153,6 +1161,7 @@ def _main_mpii(args, ckpts: list[Path], names: list[str | None], out_dir: Path) 
             "per_joint": dict(zip(MPII.joint_names, result.per_joint.tolist(), strict=True)),
         }
         lines += [f"## {name}", "", result.markdown(), ""]
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(_jsonable(report), indent=2) + "\n")
     (out_dir / "eval.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

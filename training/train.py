@@ -30,10 +30,13 @@ state, resumable), ``tb/`` (TensorBoard), ``metrics.jsonl``, and the node's chec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,7 +149,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ValueError(f"override {text!r} has no key")
-    return parts, yaml.safe_load(value)
+    try:
+        return parts, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {text!r}: {_yaml_problem(exc)}") from None
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -171,7 +177,10 @@ def load_config(
     raw: dict[str, Any] = {}
     if path is not None:
         with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: malformed YAML: {_yaml_problem(exc)}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a config must be a YAML mapping")
     config = deep_merge(DEFAULTS, raw)
@@ -182,6 +191,7 @@ def load_config(
         config["stage"] = stage
     if config["stage"] not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {config['stage']!r}")
+    check_config_types(config, path or "config")
     EngineConfig.from_dict(config["train"])  # fail early on typos
     from training.augment import AugmentConfig
 
@@ -189,6 +199,102 @@ def load_config(
     if config["run_dir"] is None:
         config["run_dir"] = f"runs/{Path(path).stem if path else config['stage']}"
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line saying what is wrong in a YAML text and where."""
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
+_FIELD_TYPES: dict[str, Any] = {"data.val_max_samples": int | None}  # None: all samples
+
+
+def _hint_of(name: str, default: Any) -> Any:
+    """The type config field ``name`` must have: from its default unless listed in
+    ``_FIELD_TYPES`` (a ``None`` default: an optional path or name)."""
+    if name in _FIELD_TYPES:
+        return _FIELD_TYPES[name]
+    return str | None if default is None else type(default)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "[" + ", ".join(_type_name(h) for h in typing.get_args(hint)) + "]"
+    return {type(None): "null", float: "number", dict: "mapping"}.get(hint, hint.__name__)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, h) for h in args)
+    if origin is tuple:
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(args)
+            and all(_has_type(v, h) for v, h in zip(value, args, strict=True))
+        )
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, origin or hint)
+
+
+def _check_fields(values: dict, hints: dict[str, Any], where: str, errors: list[str]) -> None:
+    """Appends ``where.key: expected T, got V`` for each known key of the wrong type (unknown keys
+    are left to the section's own reader); a number written as text (``1e-3``, which YAML reads
+    as a string) becomes a float where a number is expected."""
+    for key, hint in hints.items():
+        if key not in values:
+            continue
+        value = values[key]
+        if isinstance(value, str) and not _has_type(value, hint) and _has_type(1.0, hint):
+            with contextlib.suppress(ValueError):
+                values[key] = value = float(value)
+        if not _has_type(value, hint):
+            errors.append(f"{where}{key}: expected {_type_name(hint)}, got {value!r}")
+
+
+def check_config_types(config: dict[str, Any], source: str | Path) -> None:
+    """Raise ``ValueError`` (one line naming ``source`` and every wrongly typed key) unless each
+    known field of the merged ``config`` has its type: sections are mappings, ``train`` and
+    ``augment`` fields have their dataclass types, compact ``model`` options the types of
+    ``pose_config`` / ``locator_config``, and the other fields the type of their default."""
+    from training.augment import AugmentConfig
+
+    errors: list[str] = []
+
+    def check_section(values: dict, defaults: dict, where: str) -> None:
+        for key, default in defaults.items():
+            if isinstance(default, dict):
+                if values.get(key) is None:  # an empty section: the defaults
+                    values[key] = copy.deepcopy(default)
+                elif not isinstance(values[key], dict):
+                    errors.append(f"{where}{key}: expected mapping, got {values[key]!r}")
+                else:
+                    check_section(values[key], default, f"{where}{key}.")
+        hints = {k: _hint_of(where + k, d) for k, d in defaults.items() if not isinstance(d, dict)}
+        _check_fields(values, hints, where, errors)
+
+    check_section(config, DEFAULTS, "")
+    for section, cls in (("train", EngineConfig), ("augment", AugmentConfig)):
+        if isinstance(config[section], dict):
+            _check_fields(config[section], typing.get_type_hints(cls), f"{section}.", errors)
+    model = config["model"]
+    if isinstance(model, dict) and not ({"joint_names", "head"} & set(model)):
+        builder = locator_config if config["stage"] == "train-locator" else pose_config
+        hints = typing.get_type_hints(builder)
+        if isinstance(model.get("backbone"), dict):  # {name, pretrained}
+            hints.pop("backbone")
+        _check_fields(model, hints, "model.", errors)
+    if errors:
+        raise ValueError(f"{source}: " + "; ".join(errors))
 
 
 _COMPACT_POSE_KEYS = {
@@ -918,9 +1024,28 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
+def check_input_paths(config: dict[str, Any], resume: bool = False) -> None:
+    """Raise (naming the key and the path) unless every input of ``config`` exists: the data
+    sets, the initial weights (unless a resumed run skips them) and the ``system`` partner."""
+    if not config["data"].get("train"):
+        raise ValueError("data.train is not set (path of the training set)")
+    paths = {
+        "data.train": config["data"]["train"],
+        "data.val": config["data"].get("val"),
+        "system.locator": config["system"].get("locator"),
+        "system.pose": config["system"].get("pose"),
+    }
+    if not (resume and (Path(config["run_dir"]) / "checkpoints" / "last.pt").is_file()):
+        paths["init.checkpoint"] = config["init"].get("checkpoint")
+    for key, path in paths.items():
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{key}: {path} does not exist")
+
+
 def run_stage(config: dict[str, Any], resume: bool = False, info: DistInfo | None = None) -> int:
     """Build model, data and task of ``config["stage"]`` and train; returns an exit code."""
     engine_cfg = EngineConfig.from_dict({"seed": config["seed"], **config["train"]})
+    check_input_paths(config, resume)
     info = info or setup_distributed(engine_cfg.device)
     try:
         run_dir = Path(config["run_dir"])

@@ -1,6 +1,6 @@
 """The stereo sample format on disk (synthetic and MADS): atomic writer and the one reader.
 
-Layout (docs/CONTRACTS.md, "Stereo dataset on disk")::
+Layout (docs/synthetic_data.md, "Dataset on disk")::
 
     DATASET/
       dataset.json                 written first; describes the set (format, skeleton, image size)

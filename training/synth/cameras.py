@@ -161,7 +161,7 @@ class StereoRig:
         return replace(self, left=self.left.translated(delta), right=self.right.translated(delta))
 
     def calibration(self) -> dict[str, np.ndarray | str]:
-        """Label fields of the calibration (CONTRACTS.md keys)."""
+        """Label fields of the calibration (keys of docs/synthetic_data.md, "Dataset on disk")."""
         return {
             "K_left": self.left.K.copy(),
             "K_right": self.right.K.copy(),

@@ -105,7 +105,8 @@ class Plan:
 @dataclass
 class Frame:
     """One rendered stereo frame: ``images (2, H, W, 3) uint8`` RGB, full person silhouettes
-    ``masks (2, H, W) bool`` (before occlusion) and the label dict (CONTRACTS.md keys)."""
+    ``masks (2, H, W) bool`` (before occlusion) and the label dict (the keys of
+    docs/synthetic_data.md, "Dataset on disk")."""
 
     images: np.ndarray
     masks: np.ndarray
