@@ -45,24 +45,13 @@ def _sha256(path: Path) -> str:
 
 def _load_any(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(model, provenance) from a training checkpoint or a node checkpoint."""
-    from training.engine import load_training_checkpoint
+    from training.train import dataset_info, load_training_model
 
-    try:
-        state = load_training_checkpoint(path)
-    except ValueError:
-        state = None
-    if state is not None:
-        from stereo_pose3d.models import build_model
-
-        cfg = state.get("model_config")
-        if cfg is None:
-            raise ValueError(f"{path}: training checkpoint without a model config")
-        model = build_model(cfg, pretrained=False)
-        model.load_state_dict(state["model"])
+    loaded = load_training_model(path)
+    if loaded is not None:
+        model, state = loaded
         config = state.get("config") or {}
         data = config.get("data") or {}
-        from training.train import dataset_info
-
         info = dataset_info(data.get("train"))
         provenance = {
             "dataset": info.get("source", data.get("source")),
@@ -74,7 +63,7 @@ def _load_any(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
             "step": state.get("step"),
             "epoch": state.get("epoch"),
         }
-        return model.eval(), provenance
+        return model, provenance
     from stereo_pose3d.checkpoint import load_model
 
     model, ckpt = load_model(path)

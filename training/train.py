@@ -373,20 +373,27 @@ def init_from(model: nn.Module, path: str | Path, architecture: str | None = Non
     return f"initialised {len(matched)}/{len(own)} tensors from {path}"
 
 
-def load_node_model(path: str | Path, architecture: str) -> nn.Module:
-    """A trained model from a training checkpoint or a node checkpoint (eval mode, CPU)."""
-    path = Path(path)
+def load_training_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]] | None:
+    """``(model in eval mode, checkpoint state)`` of a training checkpoint, or None when ``path``
+    is not one (e.g. a node checkpoint)."""
     try:
         state = load_training_checkpoint(path)
     except ValueError:
-        state = None
-    if state is not None:
-        cfg = state.get("model_config")
-        if cfg is None:
-            raise ValueError(f"{path}: training checkpoint without model_config")
-        model = build_model(cfg, pretrained=False)
-        model.load_state_dict(state["model"])
-        return model.eval()
+        return None
+    cfg = state.get("model_config")
+    if cfg is None:
+        raise ValueError(f"{path}: training checkpoint without model_config")
+    model = build_model(cfg, pretrained=False)
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def load_node_model(path: str | Path, architecture: str) -> nn.Module:
+    """A trained model from a training checkpoint or a node checkpoint (eval mode, CPU)."""
+    path = Path(path)
+    loaded = load_training_model(path)
+    if loaded is not None:
+        return loaded[0]
     from stereo_pose3d.checkpoint import load_model
 
     model, ckpt = load_model(path)
