@@ -314,7 +314,8 @@ def test_burst_drops_old_pairs_latency_and_memory_stay_bounded(live):
     rss_after = rss_mb(proc.pid)
     diag = last_diagnostics(peer)
 
-    assert int(diag["received_left"]) >= 260, diag  # (nearly) all delivered across processes
+    # (nearly) all delivered across processes: best effort, the suite-wide >= 95 % criterion
+    assert int(diag["received_left"]) >= 0.95 * 270, diag
     processed = int(diag["processed"]) - processed_before
     assert int(diag["dropped"]) > 50, diag  # older pairs replaced, not queued
     assert processed < 240 and int(diag["failed"]) == 0, diag
