@@ -14,11 +14,20 @@ Pipeline per stereo pair (both views batched together at every step):
    :class:`~stereo_pose3d.models.locator.PersonLocator` pass, best box and score per view. A score
    below ``score_threshold`` in either view means "no person" (a person seen by one camera only
    cannot be triangulated).
+   With ``stereo_box_matching`` (rectified pairs), the right box is then replaced by the left
+   box shifted by the disparity at which the left box's patch best matches the right image
+   along the same rows (:func:`match_stereo_box`), unless that match is weak.
 2. **Crop**: the two boxes become squares of one side (same rows for a rectified pair), padded by
    ``crop_scale``, cut with :func:`~stereo_pose3d.models.crops.make_crop`; ``P_crop = A @ P``.
 3. **Network**: the pose network (CDRNet or baseline) gives heatmaps, 2D joints and
    confidences per view (``torch.inference_mode``, channels_last, autocast bf16/fp16 on CUDA).
 4. **Triangulate**: weighted DLT (float32) in the frame ``P_left``/``P_right`` project from.
+5. **Refine** (``refine_iterations`` > 0, default 0): the triangulated joints are projected into
+   both views, their bounds (plus ``REFINE_BOX_MARGIN``) become the boxes of steps 2-4, run
+   again; a pass that is degenerate or worse (fewer valid joints, non-finite output) is dropped.
+   Measured on the synthetic validation set with the shipped weights it does not fix the full
+   path's depth error: the network's 2D disparity follows the crops' offset almost exactly, so
+   boxes built from its own output reproduce the first pass's disparity (see docs/models.md).
 
 ``joints_2d`` is the projection of ``joints_3d`` with the given P's (so 2D and 3D always agree);
 the network's own per-view detections are in ``joints_2d_detected``.
@@ -37,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -47,12 +57,191 @@ from stereo_pose3d.models.crops import (
     box_from_joints,
     crop_regions,
     crop_views,
+    is_rectified_pair,
     letterbox,
     transform_boxes,
 )
 from stereo_pose3d.models.system import PoseSystem
 
 TIMING_KEYS = ("preprocess", "locator", "network", "triangulation", "total")
+
+# Stereo-consistent box refinement (``refine_iterations``): largest accepted number of passes,
+# and how a pass's 3D joints become person boxes. The margin (fraction of the projected joints'
+# larger box side added on every side) makes the joints' box about as large as the datasets'
+# person boxes, which also cover the silhouette (synthetic set: median 1.09 x the joints' box).
+MAX_REFINE_ITERATIONS = 10
+REFINE_BOX_MARGIN = 0.05
+REFINE_MIN_JOINTS = 4  # fewer valid joints in front of both cameras: no refinement
+REFINE_MIN_CONFIDENCE = 0.2  # joints used for the box (all valid ones if fewer than the above)
+REFINE_MAX_SCALE_CHANGE = 2.0  # refined box side / previous side outside [1/x, x]: degenerate
+
+
+# Stereo box matching (``stereo_box_matching``): the right view's box is the left box shifted
+# along its rows by the disparity that best matches the left box's image patch (zero-mean NCC).
+MATCH_MARGIN = 0.0  # fraction of the left box's size added on every side of the template
+MATCH_WINDOW = 0.5  # search half-width around the locator's disparity: x the left box width ...
+MATCH_MIN_WINDOW = 16.0  # ... and at least this many pixels
+MATCH_MAX_HEIGHT = 256  # templates taller than this: coarse match downscaled to this height
+MATCH_MIN_SIZE = 8  # template side below this many pixels (after clipping): no matching
+MATCH_MIN_STD = 2.0  # template grey-level standard deviation below this: flat, no matching
+MATCH_MIN_SCORE = 0.5  # NCC peak below this: weak match, the locator's boxes are kept
+MATCH_FINE = 3  # full-resolution search half-width (px) around a downscaled match's result
+MATCH_BEHIND = 2.0  # the search also covers this many px beyond infinite depth (peak location)
+
+
+def match_stereo_box(
+    left: np.ndarray,
+    right: np.ndarray,
+    box_left: np.ndarray,
+    box_right: np.ndarray,
+    P: np.ndarray,
+    min_score: float = MATCH_MIN_SCORE,
+    margin: float = MATCH_MARGIN,
+    window: float = MATCH_WINDOW,
+    min_window: float = MATCH_MIN_WINDOW,
+    max_height: int = MATCH_MAX_HEIGHT,
+) -> tuple[np.ndarray | None, float, float]:
+    """The right view's person box found by matching the left box's patch along the same rows.
+
+    For a rectified pair ``P (2, 3, 4)`` (:func:`~stereo_pose3d.models.crops.is_rectified_pair`)
+    the grey-level patch of ``box_left`` (xyxy px, plus ``margin`` x its size on every side,
+    clipped to the image) is slid horizontally over the same rows of ``right`` and scored by
+    zero-mean normalised cross-correlation (``cv2.matchTemplate``, ``TM_CCOEFF_NORMED``) at every
+    integer disparity ``d = x_left - x_right`` within ``window`` x the box width (at least
+    ``min_window`` px) of the locator's disparity (``box_left``'s centre minus ``box_right``'s)
+    and on the physical side of the disparity of infinite depth (P decides which side: for a
+    standard pair, right camera to the right, ``d > 0``). The best integer disparity is refined
+    by a parabola through its neighbours' scores. Templates taller than ``max_height`` px are
+    first matched downscaled to that height, then at full resolution within ``MATCH_FINE`` px of
+    that result (the coarse result is kept if the fine peak is on that range's edge).
+
+    Returns:
+        ``(box (4,) or None, disparity px, peak score)``: ``box`` = ``box_left`` shifted left by
+        the disparity (same size and rows), or None when the locator's boxes should be kept: the
+        images are not both ``(H, W, 3)`` uint8 RGB of one size, the pair is not rectified, a
+        box is not 4 finite numbers, the template is too small (after clipping)
+        or flat, the search range is shorter than 3 positions, the peak is below ``min_score``
+        or on the edge of the search range, or the refined disparity is not in front of the
+        cameras. Never raises on such inputs.
+    """
+    nan = float("nan")
+    P = np.asarray(P, dtype=np.float64)
+    box_left = np.asarray(box_left, dtype=np.float64)
+    box_right = np.asarray(box_right, dtype=np.float64)
+    if (
+        P.shape != (2, 3, 4)
+        or not np.isfinite(P).all()
+        or box_left.shape != (4,)
+        or box_right.shape != (4,)
+        or not np.isfinite(box_left).all()
+        or not np.isfinite(box_right).all()
+        or not all(
+            isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 3
+            for im in (left, right)
+        )
+        or left.shape[2] != 3
+        or left.shape != right.shape
+    ):
+        return None, nan, nan
+    H, W = left.shape[:2]
+    try:
+        with np.errstate(all="ignore"):
+            rectified = is_rectified_pair(P)
+        if not rectified:
+            return None, nan, nan
+        # Disparity along the left ray through the box centre: d_inf at infinite depth, and on
+        # which side of it finite depths lie (sign of d - d_inf).
+        u, v = (box_left[0] + box_left[2]) / 2, (box_left[1] + box_left[3]) / 2
+        M_inv = np.linalg.inv(P[0, :, :3])
+        ray = M_inv @ np.array([u, v, 1.0])
+        centre = -M_inv @ P[0, :, 3]
+        far = P[1] @ np.append(ray, 0.0)
+        near = P[1] @ np.append(centre + ray, 1.0)
+    except (np.linalg.LinAlgError, ValueError):
+        return None, nan, nan
+    with np.errstate(all="ignore"):
+        d_inf = u - far[0] / far[2]
+        side = float(np.sign(u - near[0] / near[2] - d_inf))
+    if not (np.isfinite(d_inf) and side != 0):
+        return None, nan, nan
+    # Template: the left box (plus margin), clipped to the image.
+    bw, bh = box_left[2] - box_left[0], box_left[3] - box_left[1]
+    x0 = int(np.floor(max(box_left[0] - margin * bw, 0.0)))
+    x1 = int(np.ceil(min(box_left[2] + margin * bw, W)))
+    y0 = int(np.floor(max(box_left[1] - margin * bh, 0.0)))
+    y1 = int(np.ceil(min(box_left[3] + margin * bh, H)))
+    if x1 - x0 < MATCH_MIN_SIZE or y1 - y0 < MATCH_MIN_SIZE:
+        return None, nan, nan
+    # Integer disparities to try: around the locator's, on the physical side of d_inf (a few px
+    # beyond it, so that a peak just in front of infinity is still inside the range), and with
+    # the shifted template inside the right image (x_right = x_left - d).
+    d_loc = u - (box_right[0] + box_right[2]) / 2
+    half = max(window * bw, min_window)
+    lo, hi = d_loc - half, d_loc + half
+    if side > 0:
+        lo = max(lo, d_inf - MATCH_BEHIND)
+    else:
+        hi = min(hi, d_inf + MATCH_BEHIND)
+    d_lo = max(int(np.ceil(lo)), x1 - W)  # x1 - d <= W
+    d_hi = min(int(np.floor(hi)), x0)  # x0 - d >= 0
+    if d_hi - d_lo < 2:
+        return None, nan, nan
+    template = cv2.cvtColor(left[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
+    strip = cv2.cvtColor(right[y0:y1, x0 - d_hi : x1 - d_lo], cv2.COLOR_RGB2GRAY)
+    if float(template.std()) < MATCH_MIN_STD:
+        return None, nan, nan
+    # Coarse pass (downscaled when the template is tall), then a full-resolution pass over
+    # +-MATCH_FINE px around the coarse disparity: column j of a strip starting at disparity
+    # d_top is x_right = x0 - d_top + j, i.e. d = d_top - j.
+    scale, small_t, small_s = 1.0, template, strip
+    if y1 - y0 > max_height:
+        scale = max_height / (y1 - y0)
+        small_t = cv2.resize(template, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        small_s = cv2.resize(strip, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        if small_s.shape[1] - small_t.shape[1] < 2 or small_s.shape[0] != small_t.shape[0]:
+            return None, nan, nan
+    scores = _ncc_scores(small_s, small_t)
+    if scores is None:
+        return None, nan, nan
+    k = int(np.argmax(scores))
+    peak = float(scores[k])
+    if not peak >= min_score or k == 0 or k == len(scores) - 1:
+        return None, nan, peak if np.isfinite(peak) else nan
+    d = d_hi - (k + _parabola_offset(scores, k)) / scale
+    if scale < 1.0:
+        f_lo = max(round(d) - MATCH_FINE, d_lo)
+        f_hi = min(round(d) + MATCH_FINE, d_hi)
+        fine = _ncc_scores(strip[:, d_hi - f_hi : d_hi - f_lo + (x1 - x0)], template)
+        if fine is not None and len(fine) >= 3:
+            j = int(np.argmax(fine))
+            if 0 < j < len(fine) - 1:  # else keep the coarse estimate
+                d, peak = f_hi - (j + _parabola_offset(fine, j)), float(fine[j])
+    if not side * (d - d_inf) > 0:
+        return None, d, peak
+    return box_left - np.array([d, 0.0, d, 0.0]), d, peak
+
+
+def _ncc_scores(strip: np.ndarray, template: np.ndarray) -> np.ndarray | None:
+    """Zero-mean NCC of ``template`` at every horizontal position in ``strip`` (same height);
+    non-finite scores (flat windows) become -inf; None if OpenCV refuses the sizes."""
+    try:
+        scores = cv2.matchTemplate(strip, template, cv2.TM_CCOEFF_NORMED)
+    except cv2.error:
+        return None
+    if scores.ndim != 2 or scores.shape[0] != 1:
+        return None
+    scores = scores[0].astype(np.float64)
+    return np.where(np.isfinite(scores), scores, -np.inf)
+
+
+def _parabola_offset(scores: np.ndarray, k: int) -> float:
+    """Sub-sample offset in [-0.5, 0.5] of the maximum of the parabola through ``scores[k - 1 :
+    k + 2]`` (0 when they do not curve down)."""
+    a, b, c = scores[k - 1], scores[k], scores[k + 1]
+    curvature = a - 2 * b + c
+    if not (np.isfinite(curvature) and curvature < 0):
+        return 0.0
+    return float(np.clip(0.5 * (a - c) / curvature, -0.5, 0.5))
 
 
 @dataclass
@@ -66,17 +255,27 @@ class Pose3D:
         confidence: ``(J,)`` in [0, 1] (mean of the views' heatmap peaks; 0 for joints whose
             triangulation is degenerate, and when no person).
         joint_names: ``J`` names (skeleton order, see :mod:`stereo_pose3d.skeleton`).
-        box: ``(2, 4)`` xyxy person box per view (locator or tracking), or None: no person.
+        box: ``(2, 4)`` xyxy person box per view (locator or tracking; the right one from stereo
+            box matching when ``box_matched``), or None: no person.
         crop_boxes: ``(2, 4)`` the square regions the network saw, or None.
         joints_2d_detected: ``(2, J, 2)`` the network's per-view soft-argmax, full-image pixels.
         view_confidence: ``(2, J)`` per-view confidence.
         valid: ``(J,)`` bool, triangulation not degenerate.
         score: locator score (min over the views; NaN when tracked).
-        source: ``"locator"``, ``"tracking"`` or ``"none"``.
+        source: ``"locator"``, ``"tracking"`` or ``"none"``: where the first pass's box came from.
+        refined: number of accepted refinement passes (``refine_iterations``); when > 0, ``box``
+            and ``crop_boxes`` are the last accepted pass's (from the reprojected 3D joints).
+        box_matched: True when the right view's box was placed by stereo box matching
+            (``stereo_box_matching``; False when it is off or fell back to the located box).
         timings: seconds, keys ``preprocess, locator, network, triangulation, total`` for the
             call that produced this pose (for ``estimate_batch``: the whole batch, with
             ``batch_size``). ``preprocess`` is everything outside the networks and the DLT:
             input checks, letterbox, crops, normalisation, host/device copies, output mapping.
+            Refinement passes add to ``network``, ``triangulation`` and ``preprocess`` (their
+            crops); with ``refine_iterations > 0`` the extra key ``refinement`` is the
+            wall-clock time of all refinement passes (already inside those, not an extra part
+            of ``total``); with ``stereo_box_matching`` the extra key ``box_matching`` is the
+            matching's wall-clock time (inside ``preprocess``).
     """
 
     joints_3d: np.ndarray
@@ -90,6 +289,8 @@ class Pose3D:
     valid: np.ndarray | None = None
     score: float = float("nan")
     source: str = "none"
+    refined: int = 0
+    box_matched: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -147,6 +348,29 @@ def _check_projection(P: Any, name: str) -> np.ndarray:
     return P
 
 
+def depth_gate(
+    joints_3d: np.ndarray, valid: np.ndarray, P: np.ndarray, max_spread: float
+) -> np.ndarray:
+    """``valid (J,)`` without the joints whose depth along the axis of the camera ``P (3, 4)``
+    is more than ``max_spread`` metres from the median depth of the valid joints (``joints_3d
+    (J, 3)`` metres). Unchanged when ``max_spread`` is 0 or fewer than 3 joints have a finite
+    depth. A person spans well under a metre in depth either side of its median, and a joint
+    whose two views disagree (one view took the other side's limb) lands metres away."""
+    valid = np.asarray(valid, dtype=bool)
+    if not max_spread or max_spread <= 0:
+        return valid
+    X = np.asarray(joints_3d, dtype=np.float64)
+    P = np.asarray(P, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        depth = (X @ P[2, :3] + P[2, 3]) / np.linalg.norm(P[2, :3])
+    usable = valid & np.isfinite(depth)
+    if usable.sum() < 3:
+        return valid
+    median = np.median(depth[usable])
+    with np.errstate(invalid="ignore"):
+        return usable & (np.abs(depth - median) <= max_spread) | (valid & ~usable)
+
+
 class StereoPoseEstimator:
     """3D human pose from calibrated stereo pairs (see the module docstring)."""
 
@@ -156,8 +380,11 @@ class StereoPoseEstimator:
         device: str | torch.device = "auto",
         checkpoint_path: str | Path | None = None,
         autocast: bool = True,
+        refine_iterations: int | None = None,
         **settings: Any,
     ) -> None:
+        """See :meth:`from_checkpoint` for ``device``, ``autocast``, ``refine_iterations`` and
+        ``settings`` (keys of ``DEFAULT_ESTIMATOR``; they override the system config's)."""
         unknown = set(settings) - set(DEFAULT_ESTIMATOR)
         if unknown:
             raise ValueError(f"unknown estimator settings {sorted(unknown)}")
@@ -165,6 +392,14 @@ class StereoPoseEstimator:
         self.checkpoint_path = checkpoint_path
         self.config = system.config
         self.settings = {**DEFAULT_ESTIMATOR, **system.config.get("estimator", {}), **settings}
+        # Explicit argument > the config's "estimator" dict > 0 (no refinement).
+        if refine_iterations is None:
+            refine_iterations = self.settings.get("refine_iterations", 0)
+        self.refine_iterations = refine_iterations
+        self.stereo_box_matching = self.settings["stereo_box_matching"]  # checks the type
+        spread = self.settings["max_depth_spread"]
+        if isinstance(spread, bool) or not isinstance(spread, int | float) or not spread >= 0:
+            raise ValueError(f"max_depth_spread must be metres >= 0 (0 = off), got {spread!r}")
         self.pose_net = system.pose.eval().to(self.device, memory_format=torch.channels_last)
         self.locator = system.locator.eval().to(self.device, memory_format=torch.channels_last)
         pose_cfg, loc_cfg = system.config["pose"], system.config["locator"]
@@ -185,12 +420,44 @@ class StereoPoseEstimator:
             self.autocast_dtype = None
         self._track: tuple[np.ndarray, np.ndarray] | None = None
 
+    @property
+    def refine_iterations(self) -> int:
+        """Stereo-consistent box refinement passes per pair, 0 = none (see
+        :meth:`from_checkpoint`); assignable, e.g. from a node parameter."""
+        return self.settings["refine_iterations"]
+
+    @refine_iterations.setter
+    def refine_iterations(self, value: int) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 0 <= value <= MAX_REFINE_ITERATIONS
+        ):
+            raise ValueError(
+                f"refine_iterations must be an integer in [0, {MAX_REFINE_ITERATIONS}], "
+                f"got {value!r}"
+            )
+        self.settings["refine_iterations"] = int(value)
+
+    @property
+    def stereo_box_matching(self) -> bool:
+        """Place the right view's box by matching the left box's patch along its rows (see
+        :meth:`from_checkpoint`); assignable, e.g. from a node parameter."""
+        return self.settings["stereo_box_matching"]
+
+    @stereo_box_matching.setter
+    def stereo_box_matching(self, value: bool) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"stereo_box_matching must be true or false, got {value!r}")
+        self.settings["stereo_box_matching"] = bool(value)
+
     @classmethod
     def from_checkpoint(
         cls,
         path: str | Path,
         device: str | torch.device = "auto",
         autocast: bool = True,
+        refine_iterations: int | None = None,
         **settings: Any,
     ) -> StereoPoseEstimator:
         """Load a ``"system"`` checkpoint (pose network + locator).
@@ -200,14 +467,36 @@ class StereoPoseEstimator:
 
         ``settings`` override the checkpoint's estimator settings (``crop_scale``,
         ``score_threshold``, ``min_pose_confidence``, ``min_box_fraction``, ``tracking``,
-        ``track_confidence``).
+        ``track_confidence``, ``stereo_box_matching``).
+
+        ``stereo_box_matching`` (bool): for a rectified pair, the right view's box is the left
+        view's box (located or tracked) shifted along its rows by the disparity at which the
+        left box's grey-level patch best matches the right image (:func:`match_stereo_box`:
+        zero-mean NCC, sub-pixel); the locator's right box is kept when the match is weak,
+        ambiguous at the search range's edge, the patch is flat or the pair is not rectified.
+        Why: CDRNet's output disparity follows the offset between its two crops, so the depth
+        of the result is set by where the two boxes are (see docs/models.md, "Pipeline").
+
+        ``refine_iterations``: stereo-consistent box refinement passes (integer in
+        ``[0, MAX_REFINE_ITERATIONS]``; None: the checkpoint's ``estimator`` setting of that
+        name if it has one, else 0). Each pass projects the previous pass's triangulated joints
+        (metres) into both views with ``P_left`` / ``P_right``, takes their bounds (pixels)
+        padded by ``REFINE_BOX_MARGIN`` as the person boxes, crops them with the usual rule
+        (common square side, same rows for a rectified pair, ``crop_scale``,
+        ``min_box_fraction``), and runs the pose network and the DLT again: one more network
+        pass per pair and iteration. A pass whose boxes cannot be built or whose result is
+        worse (fewer valid joints, non-finite output) is dropped and the previous result kept.
+        0 gives exactly the single-pass output.
 
         Raises:
             stereo_pose3d.checkpoint.CheckpointError: unusable file. ValueError: bad device.
         """
         resolve_device(device)  # fail on a bad device before reading the file
         system, _ = load_model(path, expect="system")
-        return cls(system, device, checkpoint_path=path, autocast=autocast, **settings)
+        return cls(
+            system, device, checkpoint_path=path, autocast=autocast,
+            refine_iterations=refine_iterations, **settings,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------
 
@@ -334,56 +623,61 @@ class StereoPoseEstimator:
 
         results: list[Pose3D | None] = [None] * n
         det = [i for i in range(n) if detected[i]]
-        crops_A = np.zeros((n, 2, 3, 3))
-        crop_boxes = np.zeros((n, 2, 4))
-        if det:
-            crops, P_crop = [], []
+        matched = dict.fromkeys(det, False)
+        if self.stereo_box_matching:
+            t_match = time.perf_counter()
             for i in det:
-                crop_boxes[i] = crop_regions(
-                    boxes[i], projections[i], images[i][0].shape[0],
-                    self.settings["crop_scale"], self.settings["min_box_fraction"],
-                )  # fmt: skip
-                pair_crops, pair_P, crops_A[i] = crop_views(
-                    images[i], projections[i], crop_boxes[i], self.crop_size
+                box, _, _ = match_stereo_box(
+                    images[i][0], images[i][1], boxes[i, 0], boxes[i, 1], projections[i]
                 )
-                crops.extend(pair_crops)
-                P_crop.extend(pair_P)
-            x = self._to_tensor(crops, "pose").unflatten(0, (len(det), 2))
-            P_t = torch.as_tensor(np.stack(P_crop), dtype=torch.float32, device=self.device)
-            P_t = P_t.view(len(det), 2, 3, 4)
-            t_pre = self._sync()
-            with self._autocast():
-                out = self.pose_net.forward_2d(x, P_t)
-            t_net = self._sync()
-            X, valid = self.pose_net.triangulate(out["joints_2d"], out["confidence"], P_t)
-            X_np = X.double().cpu().numpy()
-            valid_np = valid.cpu().numpy()
-            t_tri = self._sync()
-            timings["network"] = t_net - t_pre
-            timings["triangulation"] = t_tri - t_net
-            uv_crop = out["joints_2d"].float().cpu().numpy().astype(np.float64)
-            conf_views = out["confidence"].float().cpu().numpy().astype(np.float64)
-            for k, i in enumerate(det):
-                detected_2d = np.empty((2, len(self.joint_names), 2))
-                for v in range(2):
-                    inv = np.linalg.inv(crops_A[i, v])
-                    detected_2d[v] = uv_crop[k, v] @ inv[:2, :2].T + inv[:2, 2]
-                confidence = np.where(valid_np[k], conf_views[k].mean(axis=0), 0.0)
-                if confidence.mean() < self.settings["min_pose_confidence"]:
-                    continue
-                results[i] = Pose3D(
-                    joints_3d=X_np[k],
-                    joints_2d=project(X_np[k][None], projections[i]),
-                    confidence=confidence,
-                    joint_names=list(self.joint_names),
-                    box=boxes[i].copy(),
-                    crop_boxes=crop_boxes[i].copy(),
-                    joints_2d_detected=detected_2d,
-                    view_confidence=conf_views[k],
-                    valid=valid_np[k],
-                    score=float(scores[i]),
-                    source=source[i],
-                )
+                if box is not None and self._box_ok(box, images[i][1].shape):
+                    boxes[i, 1], matched[i] = box, True
+            timings["box_matching"] = time.perf_counter() - t_match
+        passes: dict[int, dict[str, np.ndarray]] = {}
+        refined = dict.fromkeys(det, 0)
+        if det:
+            passes = self._pose_pass(images, projections, boxes, det, timings)
+        t_refine = self._sync() if self.refine_iterations else 0.0
+        for _ in range(self.refine_iterations):
+            new_boxes = {
+                i: b
+                for i in det
+                if (b := self._refined_boxes(passes[i], projections[i], images[i][0].shape))
+                is not None
+            }
+            if not new_boxes:
+                break
+            redo = sorted(new_boxes)
+            candidates = self._pose_pass(images, projections, new_boxes, redo, timings)
+            for i in redo:
+                if self._refinement_ok(passes[i], candidates[i]):
+                    passes[i] = candidates[i]
+                    refined[i] += 1
+        if self.refine_iterations:
+            timings["refinement"] = self._sync() - t_refine
+        for i in det:
+            p = passes[i]
+            p["valid"] = depth_gate(
+                p["joints_3d"], p["valid"], projections[i][0], self.settings["max_depth_spread"]
+            )
+            confidence = np.where(p["valid"], p["view_confidence"].mean(axis=0), 0.0)
+            if confidence.mean() < self.settings["min_pose_confidence"]:
+                continue
+            results[i] = Pose3D(
+                joints_3d=p["joints_3d"],
+                joints_2d=project(p["joints_3d"][None], projections[i]),
+                confidence=confidence,
+                joint_names=list(self.joint_names),
+                box=p["box"].copy(),
+                crop_boxes=p["crop_boxes"].copy(),
+                joints_2d_detected=p["joints_2d_detected"],
+                view_confidence=p["view_confidence"],
+                valid=p["valid"],
+                score=float(scores[i]),
+                source=source[i],
+                refined=refined[i],
+                box_matched=matched[i],
+            )
         t_end = self._sync()
         timings["total"] = t_end - t_start
         timings["preprocess"] = max(
@@ -404,6 +698,105 @@ class StereoPoseEstimator:
             )
             self._track = (best.joints_2d, best.confidence) if keep else None
         return poses
+
+    def _pose_pass(
+        self, images, projections, boxes, idx: list[int], timings: dict[str, float]
+    ) -> dict[int, dict[str, np.ndarray]]:
+        """Crop around ``boxes[i]`` for every pair ``i`` in ``idx``, run the pose network on all
+        of them in one batch and triangulate; adds to ``timings["network"/"triangulation"]``.
+
+        Returns, per pair: ``box (2, 4)``, ``crop_boxes (2, 4)``, ``joints_3d (J, 3)`` m,
+        ``valid (J,)``, ``view_confidence (2, J)``, ``joints_2d_detected (2, J, 2)`` full-image
+        pixels.
+        """
+        crops, P_crop = [], []
+        crops_A = np.zeros((len(idx), 2, 3, 3))
+        crop_boxes = np.zeros((len(idx), 2, 4))
+        for k, i in enumerate(idx):
+            crop_boxes[k] = crop_regions(
+                boxes[i], projections[i], images[i][0].shape[0],
+                self.settings["crop_scale"], self.settings["min_box_fraction"],
+            )  # fmt: skip
+            pair_crops, pair_P, crops_A[k] = crop_views(
+                images[i], projections[i], crop_boxes[k], self.crop_size
+            )
+            crops.extend(pair_crops)
+            P_crop.extend(pair_P)
+        x = self._to_tensor(crops, "pose").unflatten(0, (len(idx), 2))
+        P_t = torch.as_tensor(np.stack(P_crop), dtype=torch.float32, device=self.device)
+        P_t = P_t.view(len(idx), 2, 3, 4)
+        t_pre = self._sync()
+        with self._autocast():
+            out = self.pose_net.forward_2d(x, P_t)
+        t_net = self._sync()
+        X, valid = self.pose_net.triangulate(out["joints_2d"], out["confidence"], P_t)
+        X_np = X.double().cpu().numpy()
+        valid_np = valid.cpu().numpy()
+        t_tri = self._sync()
+        timings["network"] += t_net - t_pre
+        timings["triangulation"] += t_tri - t_net
+        uv_crop = out["joints_2d"].float().cpu().numpy().astype(np.float64)
+        conf_views = out["confidence"].float().cpu().numpy().astype(np.float64)
+        passes = {}
+        for k, i in enumerate(idx):
+            detected_2d = np.empty((2, len(self.joint_names), 2))
+            for v in range(2):
+                inv = np.linalg.inv(crops_A[k, v])
+                detected_2d[v] = uv_crop[k, v] @ inv[:2, :2].T + inv[:2, 2]
+            passes[i] = {
+                "box": np.asarray(boxes[i], dtype=np.float64),
+                "crop_boxes": crop_boxes[k],
+                "joints_3d": X_np[k],
+                "valid": valid_np[k],
+                "view_confidence": conf_views[k],
+                "joints_2d_detected": detected_2d,
+            }
+        return passes
+
+    def _refined_boxes(
+        self, result: dict[str, np.ndarray], P: np.ndarray, shape: tuple[int, ...]
+    ) -> np.ndarray | None:
+        """Person boxes ``(2, 4)`` xyxy px from a pass's 3D joints projected into both views, or
+        None when they cannot be trusted (too few valid finite joints in front of both cameras,
+        degenerate or non-finite boxes, a box centre outside the image, a side more than
+        ``REFINE_MAX_SCALE_CHANGE`` times larger or smaller than the previous boxes')."""
+        X, valid = result["joints_3d"], result["valid"]
+        confidence = np.where(valid, result["view_confidence"].mean(axis=0), 0.0)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            depth = (X @ P[:, 2, :3].T + P[:, 2, 3]) * np.sign(np.linalg.det(P[:, :, :3]))
+            usable = valid & np.isfinite(X).all(axis=-1) & (depth > 0).all(axis=-1)
+            use = usable & (confidence >= REFINE_MIN_CONFIDENCE)
+            if use.sum() < REFINE_MIN_JOINTS:
+                use = usable
+            if use.sum() < REFINE_MIN_JOINTS:
+                return None
+            uv = project(X[use][None], P)  # (2, n, 2)
+            if not np.isfinite(uv).all():
+                return None
+            lo, hi = uv.min(axis=1), uv.max(axis=1)
+            side = (hi - lo).max(axis=1, keepdims=True)
+            if not np.all(side >= 1.0):
+                return None
+            boxes = np.concatenate(
+                [lo - REFINE_BOX_MARGIN * side, hi + REFINE_BOX_MARGIN * side], 1
+            )
+            prev = result["box"]
+            ratio = (boxes[:, 2:] - boxes[:, :2]).max() / (prev[:, 2:] - prev[:, :2]).max()
+        if not 1.0 / REFINE_MAX_SCALE_CHANGE <= ratio <= REFINE_MAX_SCALE_CHANGE:
+            return None
+        if not all(self._box_ok(boxes[v], shape) for v in range(2)):
+            return None
+        return boxes
+
+    @staticmethod
+    def _refinement_ok(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> bool:
+        """Keep a refined pass unless it is worse by the estimator's own measures: fewer valid
+        joints, or non-finite joints / confidences."""
+        if not np.isfinite(new["joints_3d"][new["valid"]]).all():
+            return False
+        if not np.isfinite(new["view_confidence"]).all():
+            return False
+        return bool(new["valid"].sum() >= old["valid"].sum())
 
     def _no_person(self, score: float) -> Pose3D:
         J = len(self.joint_names)

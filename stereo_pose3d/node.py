@@ -38,7 +38,9 @@ from stereo_pose3d.pipeline import (
 from stereo_pose3d.ros_io import InputError
 
 NODE_NAME = "stereo_pose3d_node"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "cdrnet_synth.pt"
+# The shipped two-view baseline: on the synthetic validation set it is more accurate than the
+# shipped CDRNet (README, "The shipped weights"); weights:=.../cdrnet_synth.pt runs CDRNet.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "baseline_synth.pt"
 QOS_CHOICES = ("sensor_data", "reliable")
 # A pair older than the previous one by more than this is a clock reset (bag loop, sim restart),
 # not an out-of-order message: the node starts over instead of rejecting every later frame.
@@ -49,6 +51,9 @@ IMAGE_TIMEOUT_S = 3.0
 # After rejected input the status is WARN (naming the last problem) for this long; then OK again
 # once frames are processed, with the failure count and its age in the message.
 RECENT_ERROR_S = 10.0
+# Largest refine_iterations (= stereo_pose3d.estimator.MAX_REFINE_ITERATIONS; not imported here
+# so that the parameter checks do not load torch).
+MAX_REFINE_ITERATIONS = 10
 
 
 class ConfigError(ValueError):
@@ -76,6 +81,8 @@ class NodeConfig:
     marker_lifetime: float = 0.5
     images_rectified: bool = True
     diagnostics_period: float = 1.0
+    refine_iterations: int = 0
+    stereo_box_matching: bool = True
 
     def processing(self) -> ProcessingConfig:
         return ProcessingConfig(
@@ -122,6 +129,19 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
     "images_rectified": (
         "true: the images are rectified (use P only); false: raw images, "
         "rectified here with K, D, R and P",
+        False,
+    ),
+    "refine_iterations": (
+        f"Stereo-consistent box refinement passes per pair, integer in [0, "
+        f"{MAX_REFINE_ITERATIONS}]: re-crop both views around the projected 3D joints and run "
+        "the network again (each pass costs about one more network run); 0 = off",
+        False,
+    ),
+    "stereo_box_matching": (
+        "Rectified pairs: place the right view's person box at the left box shifted by the "
+        "disparity that best matches the left box's image patch along the same rows (NCC, "
+        "about 1 ms); the located box is kept when the match is weak. false = the locator's "
+        "box per view",
         False,
     ),
 }
@@ -178,6 +198,11 @@ def validate_config(values: dict[str, Any], check_files: bool = True) -> NodeCon
     check(
         0.0 < out["diagnostics_period"] <= 3600.0,
         f"diagnostics_period: must be in (0, 3600] seconds, got {out['diagnostics_period']}",
+    )
+    check(
+        0 <= out["refine_iterations"] <= MAX_REFINE_ITERATIONS,
+        f"refine_iterations: must be an integer in [0, {MAX_REFINE_ITERATIONS}], "
+        f"got {out['refine_iterations']}",
     )
     device = out["device"]
     check(
@@ -328,12 +353,18 @@ class PairItem:
 
 
 def load_estimator(config: NodeConfig) -> Any:
-    """``StereoPoseEstimator.from_checkpoint(weights, device)`` with errors as ConfigError."""
+    """``StereoPoseEstimator.from_checkpoint(weights, device, refine_iterations,
+    stereo_box_matching)`` with errors as ConfigError."""
     from stereo_pose3d.checkpoint import CheckpointError
     from stereo_pose3d.estimator import StereoPoseEstimator
 
     try:
-        return StereoPoseEstimator.from_checkpoint(config.weights_path, device=config.device)
+        return StereoPoseEstimator.from_checkpoint(
+            config.weights_path,
+            device=config.device,
+            refine_iterations=config.refine_iterations,
+            stereo_box_matching=config.stereo_box_matching,
+        )
     except (CheckpointError, ValueError, OSError) as exc:
         raise ConfigError(f"cannot load weights {str(config.weights_path)!r}: {exc}") from exc
 
@@ -353,7 +384,8 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
 
     Args:
         estimator: inject an estimator object (tests); default: loaded from the ``weights`` and
-            ``device`` parameters.
+            ``device`` parameters. Its ``refine_iterations`` and ``stereo_box_matching`` (where
+            it has them) follow the parameters of those names, at start and on every change.
         node_name, **kwargs: passed to ``rclpy.node.Node``.
 
     Raises:
@@ -370,6 +402,7 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
             estimator = load_estimator(self.config)
             weights = str(self.config.weights_path)
         self.estimator = estimator
+        self._apply_estimator_config(self.config)
         self.processor = PoseProcessor(estimator, self.config.processing())
         self._info_lock = threading.Lock()
         self._info: dict[str, Any] = {"left": None, "right": None}
@@ -462,7 +495,16 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
             return SetParametersResult(successful=False, reason=str(exc))
         self.config = config
         self.processor.config = config.processing()
+        self._apply_estimator_config(config)
         return SetParametersResult(successful=True)
+
+    def _apply_estimator_config(self, config: NodeConfig) -> None:
+        """Estimator options that are node parameters (``refine_iterations``,
+        ``stereo_box_matching``); an injected estimator without such an attribute (a test
+        double) is left alone."""
+        for name in ("refine_iterations", "stereo_box_matching"):
+            if hasattr(self.estimator, name):
+                setattr(self.estimator, name, getattr(config, name))
 
     # -- topics ---------------------------------------------------------------------------------
 

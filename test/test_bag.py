@@ -294,10 +294,11 @@ def test_demo_runs_end_to_end(stereo_bag, fixture_checkpoint, tmp_path):
     assert len(read_bag(out / "recorded")[f"{NS}/pose3d/joints"]) == summary["processed"]
 
 
-SHIPPED_WEIGHTS = Path(bagtool.__file__).resolve().parent / "weights" / "cdrnet_synth.pt"
-# The README states 2881 mm absolute MPJPE (full path, 300 synthetic validation samples) for the
-# shipped weights; this validation bag must stay below that figure (mm, left camera frame).
-SHIPPED_MPJPE_BOUND_MM = 2900.0
+SHIPPED_WEIGHTS = Path(bagtool.__file__).resolve().parent / "weights" / "baseline_synth.pt"
+# The node's default weights. On this short cartwheel bag they measured 101 mm (the shipped
+# CDRNet 242 mm; the first, CPU-trained default ~2900 mm); the README gives their full-path
+# MPJPE on 300 synthetic validation samples. Bound in mm, left camera frame.
+SHIPPED_MPJPE_BOUND_MM = 400.0
 
 
 def _synth_bag(path: Path, clip: str, raw: bool = False) -> Path:

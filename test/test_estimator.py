@@ -153,3 +153,56 @@ def test_cuda_matches_cpu(fixture_checkpoint, synthetic_stereo_pair):
     mixed = estimate(StereoPoseEstimator.from_checkpoint(fixture_checkpoint, "cuda"), pair)
     assert mixed.detected and np.isfinite(mixed.joints_3d).all()
     assert mixed.joints_2d_detected.shape == cpu.joints_2d_detected.shape
+
+
+def test_depth_gate_drops_joints_far_from_the_persons_depth():
+    from stereo_pose3d.estimator import depth_gate
+
+    rng = np.random.default_rng(3)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    P = np.hstack([K, np.zeros((3, 1))])
+    X = rng.normal([0.0, 0.0, 3.0], [0.3, 0.5, 0.2], (16, 3))
+    X[5, 2] = 6.0  # a joint whose views disagreed: 3 m too deep
+    X[7, 2] = 1.5  # and one 1.5 m too close
+    valid = np.ones(16, bool)
+    gated = depth_gate(X, valid, P, 1.0)
+    assert not gated[5] and not gated[7] and gated.sum() == 14
+    assert depth_gate(X, valid, P, 0.0).all()  # off
+    assert depth_gate(X, valid, 2.0 * P, 1.0).tolist() == gated.tolist()  # P's scale: no effect
+    # A rigid change of world frame (P -> P T^-1, X -> T X) gives the same decision.
+    T = np.eye(4)
+    T[:3, :3] = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    T[:3, 3] = [1.0, -2.0, 0.5]
+    X_moved = X @ T[:3, :3].T + T[:3, 3]
+    assert depth_gate(X_moved, valid, P @ np.linalg.inv(T), 1.0).tolist() == gated.tolist()
+    # Already-invalid joints stay invalid; too few usable joints or NaN: nothing removed.
+    few = np.zeros(16, bool)
+    few[:2] = True
+    assert depth_gate(X, few, P, 1.0).tolist() == few.tolist()
+    X_nan = X.copy()
+    X_nan[:14] = np.nan
+    assert depth_gate(X_nan, valid, P, 1.0).tolist() == valid.tolist()
+
+
+def test_depth_gate_in_the_estimator(make_fixture_checkpoint, synthetic_stereo_pair):
+    """The gate acts on the triangulated joints (here replaced by the true ones with one joint
+    3 m too deep): that joint is invalid, with confidence 0; max_depth_spread 0 keeps it."""
+    pair = synthetic_stereo_pair
+    ckpt = make_fixture_checkpoint()
+    X = torch.as_tensor(np.asarray(pair.joints_3d), dtype=torch.float32).clone()
+    X[3, 2] += 3.0
+
+    def fake_triangulate(joints_2d, confidence, P):
+        B, J = joints_2d.shape[0], joints_2d.shape[2]
+        return X.expand(B, J, 3).clone(), torch.ones(B, J, dtype=torch.bool)
+
+    poses = {}
+    for spread in (0.0, 1.0):
+        est = StereoPoseEstimator.from_checkpoint(ckpt, "cpu", max_depth_spread=spread)
+        est.pose_net.triangulate = fake_triangulate
+        poses[spread] = estimate(est, pair)
+    assert poses[0.0].valid.all()
+    assert not poses[1.0].valid[3] and poses[1.0].valid.sum() == len(X) - 1
+    assert poses[1.0].confidence[3] == 0
+    with pytest.raises(ValueError, match="max_depth_spread"):
+        StereoPoseEstimator.from_checkpoint(ckpt, "cpu", max_depth_spread=-1.0)

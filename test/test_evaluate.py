@@ -102,6 +102,44 @@ def test_metrics_match_hand_computed_values():
     assert res["pck3d_150"] == pytest.approx(100.0)
 
 
+def test_median_mpjpe_ignores_one_blown_up_sample():
+    gt = make_gt()
+    X = gt.joints_3d.copy()
+    X[0] += [0.0, 0.0, 0.020]  # 20 mm
+    X[1] += [0.0, 0.0, 0.030]  # 30 mm
+    X[2] += [0.0, 0.0, 0.040]  # 40 mm
+    X[3] += [0.0, 0.0, 5.000]  # a depth blow-up
+    res = evaluate_predictions(gt, make_pred(gt, X), MPII)
+    assert res["mpjpe_mm"] == pytest.approx((20 + 30 + 40 + 5000) / 4)
+    assert res["mpjpe_median_mm"] == pytest.approx(35.0)
+    assert res["per_action"]["walk"]["mpjpe_median_mm"] == pytest.approx(25.0)
+
+
+def test_disparity_error_of_rectified_pairs():
+    gt = make_gt()
+    # Same shift in both views: 5 px 2D error each, zero disparity error.
+    res = evaluate_predictions(
+        gt, make_pred(gt, gt.joints_3d, gt.joints_2d + np.array([3.0, 4.0])), MPII
+    )
+    assert res["disparity_err_px"] == pytest.approx(0.0, abs=1e-9)
+    # Left +1.5 px, right -0.5 px in x: disparity +2 px for every joint; one joint 4 px the
+    # other way (left -2 px) -> |d| = (15 * 2 + 1 * 2) / 16, bias (15 * 2 - 1 * 2) / 16.
+    uv = gt.joints_2d.copy()
+    uv[:, 0, :, 0] += 1.5
+    uv[:, 1, :, 0] -= 0.5
+    uv[:, 0, 3, 0] -= 4.0
+    res = evaluate_predictions(gt, make_pred(gt, gt.joints_3d, uv), MPII)
+    assert res["disparity_err_px"] == pytest.approx(32 / 16)
+    assert res["disparity_bias_px"] == pytest.approx(28 / 16)
+    # Joints hidden in one view and non-rectified pairs do not count.
+    gt.visibility[:, 1, 3] = False
+    res = evaluate_predictions(gt, make_pred(gt, gt.joints_3d, uv), MPII)
+    assert res["disparity_err_px"] == pytest.approx(2.0)
+    gt.P[:, 1, 1, 3] = 5.0  # the right view's rows move: not a rectified pair any more
+    res = evaluate_predictions(gt, make_pred(gt, gt.joints_3d, uv), MPII)
+    assert np.isnan(res["disparity_err_px"])
+
+
 def test_missed_detections_and_invalid_joints_are_excluded():
     gt = make_gt()
     gt.valid_3d[0, 0] = False

@@ -181,6 +181,35 @@ def test_cdrnet_views_talk_baseline_views_do_not():
         assert (changed > 1e-4) if arch == "cdrnet" else (changed < 1e-6), (arch, changed)
 
 
+def test_cdrnet_view_skip_starts_as_the_plain_network_and_learns():
+    """``cdr.view_skip``: a plain CDRNet checkpoint loads into it and gives the same output
+    (the skip's BN scale starts at 0); the skip gets gradients, and once non-zero it feeds each
+    view's own features to that view's heatmaps."""
+    P = rig(2, 2)
+    plain = calibrate(tiny_pose("cdrnet"), P)
+    skip = tiny_pose("cdrnet", view_skip=True)
+    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("view_skip.") for k in missing)
+    skip.eval()
+    images = torch.randn(2, 2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        same = (plain(images, P)["heatmaps"] - skip(images, P)["heatmaps"]).abs().max().item()
+    assert same < 1e-6
+    skip.train()
+    skip(images, P)["heatmaps"].square().mean().backward()
+    assert skip.view_skip[1].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        skip.view_skip[1].weight.fill_(1.0)
+    skip.eval()
+    with torch.no_grad():
+        moved = (plain(images, P)["heatmaps"] - skip(images, P)["heatmaps"]).abs().max().item()
+    assert moved > 1e-4
+    with pytest.raises(ValueError, match="view_skip"):
+        config = pose_config("cdrnet", "resnet18", (SIZE, SIZE), latent_channels=30)
+        config["cdr"]["view_skip"] = "yes"
+        build_model(config)
+
+
 def test_canonical_frame_recovers_the_camera_pose():
     R = rotation([0.3, 1.0, -0.2], 40)
     C = np.array([0.5, -0.2, 1.0])

@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.data.mads",
         "convert the MADS release into the stereo sample format",
     ),
+    "crop-cache": (
+        "training.data.crop_cache",
+        "store a compact copy of a stereo set, cut around the people (for fast training)",
+    ),
     "pretrain-2d": ("training.train", "2D heatmap pretraining (MPII or synthetic)"),
     "train-baseline": ("training.train", "train the two-view Simple Baselines + DLT model"),
     "finetune-cdr": ("training.train", "train / fine-tune CDRNet end to end (2D + 3D losses)"),

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of a generated bag")
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate of a generated bag")
     parser.add_argument(
-        "--weights", default="", help="checkpoint (default: stereo_pose3d/weights/cdrnet_synth.pt)"
+        "--weights", default="", help="checkpoint (default: the node's, weights/baseline_synth.pt)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
@@ -242,6 +242,7 @@ def _figure(
     ax3.legend(loc="upper left", fontsize=8)
     if pred is not None or gt is not None:
         pts = np.concatenate([j for j in (pred, gt) if j is not None])
+        pts = pts[np.isfinite(pts).all(axis=1)]
         c, r = pts.mean(0), max(0.5, float(np.ptp(pts, axis=0).max()) / 2 + 0.1)
         ax3.set_xlim(c[0] - r, c[0] + r)
         ax3.set_ylim(c[2] - r, c[2] + r)
@@ -361,13 +362,20 @@ def main(args: argparse.Namespace) -> int:
         if stamp in play.publish_times:
             latencies.append(wall - play.publish_times[stamp])
         if msg.poses:
-            preds[stamp] = pose_array_to_numpy(msg)[0] @ R_left.T  # -> left rectified frame
+            joints, confident = pose_array_to_numpy(msg)
+            # -> left rectified frame; joints the node flags as not confident (below
+            # min_confidence, or invalid: depth-gated, degenerate) are left out, as RViz does.
+            preds[stamp] = np.where(confident[:, None], joints @ R_left.T, np.nan)
     common = sorted(set(preds) & set(truth))
-    mpjpe = pa = None
+    mpjpe = pa = confident_share = None
     if common:
         P = np.stack([preds[s] for s in common])
         G = np.stack([truth[s] for s in common])
-        mpjpe, pa = metrics.mpjpe(P, G), metrics.pa_mpjpe(P, G)
+        ok = np.isfinite(P).all(axis=-1)
+        confident_share = float(ok.mean())
+        mpjpe = metrics.mpjpe(P, G, mask=ok)
+        whole = ok.all(axis=1)  # PA needs every joint of a frame
+        pa = metrics.pa_mpjpe(P[whole], G[whole]) if whole.any() else None
     lat = np.asarray(latencies) * 1e3
     _write_recording(out / "recorded", recorder)
     node.destroy_node()
@@ -395,6 +403,7 @@ def main(args: argparse.Namespace) -> int:
         "processed_rate_hz": float(diag.get("processed_rate_hz", 0.0)),
         "mpjpe_mm": mpjpe,
         "pa_mpjpe_mm": pa,
+        "confident_joints": confident_share,
         "gt_frames": len(common),
     }
     rows = [
@@ -413,7 +422,9 @@ def main(args: argparse.Namespace) -> int:
         ("node processing time (median)", fmt(summary["processing_ms_median"], " ms")),
         (
             "MPJPE vs ground truth",
-            f"{fmt(mpjpe, ' mm')} over {len(common)} frames (PA-MPJPE {fmt(pa, ' mm')})",
+            f"{fmt(mpjpe, ' mm')} over {len(common)} frames (PA-MPJPE {fmt(pa, ' mm')}), "
+            f"{fmt(None if confident_share is None else 100 * confident_share, ' %')} of joints "
+            "confident",
         ),
     ]
     width = max(len(k) for k, _ in rows)

@@ -4,7 +4,8 @@
 
     python -m training eval --ckpt runs/cdr/system_best.pt --data data/synth/test \
         [--ckpt runs/baseline/system_best.pt | --compare FILE] [--out runs/eval/test] \
-        [--max-samples 500] [--paths full,gt-box] [--bone-prior data/synth/train]
+        [--max-samples 500] [--paths full,gt-box] [--bone-prior data/synth/train] [--refine 1] \
+        [--stereo-box-matching on|off]
 
 For each model, on the same samples, it reports (Markdown ``eval.md`` + ``eval.json`` + PNGs in
 ``--out``, and the summary on stdout):
@@ -18,8 +19,11 @@ For each model, on the same samples, it reports (Markdown ``eval.md`` + ``eval.j
   noise of 0.25, 0.5 and 1 px per coordinate (what a perfect-but-for-noise 2D detector would
   reach with this calibration and these distances);
 * two paths: ``full`` -- :class:`~stereo_pose3d.estimator.StereoPoseEstimator` on full frames
-  (locate, crop, network, triangulate), and ``gt-box`` -- the same crops cut around the
-  ground-truth boxes, which separates localisation errors from pose errors;
+  (locate, crop, network, triangulate; with ``--refine N`` also N stereo-consistent box
+  refinement passes, labelled ``full+refineN`` in the tables; ``--stereo-box-matching on|off``
+  overrides the checkpoint's estimator setting of that name, said in the report's notes), and
+  ``gt-box`` -- the same crops
+  cut around the ground-truth boxes, which separates localisation errors from pose errors;
 * optional post-processing of the full path (:mod:`training.postprocess`): bone-length
   refinement with lengths learned from the sequence (causal) or fixed from a training set
   (``--bone-prior``), One-Euro and constant-velocity Kalman temporal filters, and their
@@ -50,6 +54,7 @@ import torch
 
 from stereo_pose3d.geometry import project, triangulate
 from stereo_pose3d.metrics import mpjpe, pa_mpjpe, pck3d, per_joint_error, procrustes_align
+from stereo_pose3d.models.crops import is_rectified_pair
 from stereo_pose3d.skeleton import MPII, Skeleton, get_skeleton, skeleton_for_joint_names
 
 __all__ = [
@@ -152,12 +157,22 @@ def _pose_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, root: int
     """MPJPE abs / root-relative / PA (mm) of poses (n, J, 3) with joint mask (n, J)."""
     if len(pred) == 0:
         nan = float("nan")
-        return {"n": 0, "mpjpe_mm": nan, "mpjpe_rr_mm": nan, "pa_mpjpe_mm": nan, "pck3d_150": nan}
+        return {
+            "n": 0, "mpjpe_mm": nan, "mpjpe_median_mm": nan, "mpjpe_rr_mm": nan,
+            "pa_mpjpe_mm": nan, "pck3d_150": nan,
+        }  # fmt: skip
     mask_rr = valid & valid[:, root : root + 1]
     full = valid.all(axis=1)
+    # Stereo depth errors are heavy-tailed (a disparity error near a small disparity blows up):
+    # the median over samples of each sample's MPJPE says what a typical frame looks like.
+    with np.errstate(all="ignore"):
+        err = np.where(valid, np.linalg.norm(pred - gt, axis=-1), np.nan)
+        per_sample = np.nanmean(err, axis=1) * 1000
+    per_sample = per_sample[np.isfinite(per_sample)]
     return {
         "n": len(pred),
         "mpjpe_mm": mpjpe(pred, gt, mask=valid),
+        "mpjpe_median_mm": float(np.median(per_sample)) if per_sample.size else float("nan"),
         "mpjpe_rr_mm": mpjpe(pred, gt, root=root, mask=mask_rr),
         "pa_mpjpe_mm": pa_mpjpe(pred[full], gt[full]) if full.any() else float("nan"),
         "pck3d_150": pck3d(pred, gt, 150.0, root=root, mask=mask_rr),
@@ -242,6 +257,15 @@ def evaluate_predictions(
         e2 = np.linalg.norm(uv[found] - gt.joints_2d[found], axis=-1)  # (n, 2, J)
         vis = gt.visibility[found].astype(bool) & np.isfinite(e2)
         res[key] = [_mean_or_nan(e2[:, view][vis[:, view]]) for view in range(2)]
+    # Disparity error (rectified pairs): what depth is made of, Z = f B / d, so dZ = Z^2/(f B) dd.
+    # Signed x-difference of the two views against the ground truth's, over joints visible in
+    # both views; mean absolute value and the mean (a bias shifts the whole person in depth).
+    uv, uv_gt = pred.joints_2d[found], gt.joints_2d[found]
+    dd = (uv[:, 0, :, 0] - uv[:, 1, :, 0]) - (uv_gt[:, 0, :, 0] - uv_gt[:, 1, :, 0])
+    both = gt.visibility[found].astype(bool).all(axis=1) & np.isfinite(dd)
+    rect = np.array([is_rectified_pair(P) for P in gt.P[found]], bool)[:, None] & both
+    res["disparity_err_px"] = _mean_or_nan(np.abs(dd[rect]))
+    res["disparity_bias_px"] = _mean_or_nan(dd[rect])
     # Groups.
     seqs = np.asarray(gt.sequence)
     actions = np.array([action_of(s) for s in seqs])
@@ -400,7 +424,18 @@ class ModelRunner:
     """A checkpoint ready to predict: the estimator (system checkpoints: both paths) or just the
     pose network (pose-only checkpoints: the ``gt-box`` path only)."""
 
-    def __init__(self, path: str | Path, device: str = "auto", name: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        name: str | None = None,
+        refine_iterations: int | None = None,
+        stereo_box_matching: bool | None = None,
+        estimator_settings: dict[str, Any] | None = None,
+    ) -> None:
+        """``refine_iterations``: the full path's box refinement passes (None: the
+        checkpoint's setting, i.e. 0 unless it stores one); ``stereo_box_matching``: the full
+        path's stereo box matching (None: the checkpoint's setting)."""
         from stereo_pose3d.checkpoint import load_checkpoint
         from stereo_pose3d.estimator import StereoPoseEstimator, resolve_device
 
@@ -415,7 +450,12 @@ class ModelRunner:
         except ValueError:
             architecture, self.provenance = "training", {}
         if architecture == "system":
-            self.estimator = StereoPoseEstimator.from_checkpoint(self.path, device=str(self.device))
+            extra = dict(estimator_settings or {})
+            if stereo_box_matching is not None:
+                extra["stereo_box_matching"] = stereo_box_matching
+            self.estimator = StereoPoseEstimator.from_checkpoint(
+                self.path, device=str(self.device), refine_iterations=refine_iterations, **extra
+            )
             self.pose_net = self.estimator.pose_net
             self.settings = dict(self.estimator.settings)
             self.config = ckpt.config
@@ -433,6 +473,12 @@ class ModelRunner:
                 "(give a pose or system checkpoint)"
             )
         self.architecture = pose_cfg["architecture"]
+        self.refine_iterations = (
+            self.estimator.refine_iterations if self.estimator is not None else 0
+        )
+        self.stereo_box_matching = (
+            self.estimator.stereo_box_matching if self.estimator is not None else False
+        )
         self.joint_names = list(pose_cfg["joint_names"])
         self.crop_size = tuple(pose_cfg["input_size"])
         self.mean = pose_cfg["normalization"]["mean"]
@@ -703,28 +749,33 @@ def markdown_report(report: dict[str, Any]) -> str:
         "detected",
         "valid joints %",
         "MPJPE",
+        "median",
         "root-rel.",
         "PA-MPJPE",
         "PCK3D@150",
         "2D det. L/R px",
         "reproj. L/R px",
+        "disparity err. px",
         "ms/frame",
     ]
     rows = []
     for name, m in report["models"].items():
+        refine = m.get("refine_iterations") or 0
         for path, r in m["paths"].items():
             rows.append(
                 [
                     name,
-                    path,
+                    f"{path}+refine{refine}" if path == "full" and refine else path,
                     f"{r['detected']}/{r['samples']}",
                     100 * r["joint_valid_rate"],
                     r["mpjpe_mm"],
+                    r.get("mpjpe_median_mm", float("nan")),
                     r["mpjpe_rr_mm"],
                     r["pa_mpjpe_mm"],
                     r["pck3d_150"],
                     f"{_fmt(r['err2d_px'][0])}/{_fmt(r['err2d_px'][1])}",
                     f"{_fmt(r['reproj2d_px'][0])}/{_fmt(r['reproj2d_px'][1])}",
+                    r.get("disparity_err_px", float("nan")),
                     1000 * r["seconds_per_frame"],
                 ]
             )
@@ -736,11 +787,13 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"{r['detected']}/{r['samples']}",
                 100 * r["joint_valid_rate"],
                 r["mpjpe_mm"],
+                r.get("mpjpe_median_mm", float("nan")),
                 r["mpjpe_rr_mm"],
                 r["pa_mpjpe_mm"],
                 r["pck3d_150"],
                 "-",
                 "-",
+                r.get("disparity_err_px", float("nan")),
                 "-",
             ]
         )
@@ -873,6 +926,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset whose ground-truth median bone lengths are the fixed prior",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the floor's noise")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        metavar="N",
+        help="stereo-consistent box refinement passes of the full path (estimator "
+        "refine_iterations; default: the checkpoint's setting, 0)",
+    )
+    parser.add_argument(
+        "--estimator",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an estimator setting of the full path, e.g. max_depth_spread=0 "
+        "(YAML value; keys: stereo_pose3d.models.config.DEFAULT_ESTIMATOR)",
+    )
+    parser.add_argument(
+        "--stereo-box-matching",
+        choices=("on", "off"),
+        help="place the full path's right box by NCC matching of the left box along its rows "
+        "(estimator stereo_box_matching; default: the checkpoint's setting)",
+    )
+
+
+def _estimator_settings(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (values parsed as YAML) -> dict; ValueError names a bad item."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--estimator {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _on_off(value: str | None) -> bool | None:
+    """``"on"`` / ``"off"`` / None (the checkpoint's setting) -> True / False / None."""
+    return None if value is None else value == "on"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -898,7 +990,17 @@ def _main(args: argparse.Namespace) -> int:
     info = json.loads((args.data / "dataset.json").read_text())
     dataset = StereoDataset(args.data)
     labels_only = StereoDataset(args.data, load_images=False, validate=False)
-    runners = [ModelRunner(p, args.device, n) for p, n in zip(ckpts, names, strict=True)]
+    runners = [
+        ModelRunner(
+            p,
+            args.device,
+            n,
+            getattr(args, "refine", None),
+            _on_off(getattr(args, "stereo_box_matching", None)),
+            _estimator_settings(getattr(args, "estimator", None) or []),
+        )
+        for p, n in zip(ckpts, names, strict=True)
+    ]
     _dedupe_names(runners)
     skeleton = (
         get_skeleton(info["skeleton"])
@@ -968,7 +1070,26 @@ def _main(args: argparse.Namespace) -> int:
                 k: r.provenance.get(k) for k in ("dataset", "split", "git_commit", "metrics")
             },
             "paths": {},
+            "refine_iterations": r.refine_iterations,
+            "stereo_box_matching": r.stereo_box_matching,
+            "estimator_settings": dict(r.settings),
         }
+        spread = r.settings.get("max_depth_spread")
+        if r.estimator is not None and spread and (r.name, "full") in preds:
+            report.setdefault("notes", []).append(
+                f"{r.name}: full path with depth gating (estimator max_depth_spread {spread:g} m: "
+                "joints this far from the person's median depth are invalid)"
+            )
+        if r.refine_iterations and (r.name, "full") in preds:
+            report.setdefault("notes", []).append(
+                f"{r.name}: full path with {r.refine_iterations} stereo-consistent box "
+                "refinement pass(es) (estimator refine_iterations; full+refineN in the tables)"
+            )
+        if r.stereo_box_matching and (r.name, "full") in preds:
+            report.setdefault("notes", []).append(
+                f"{r.name}: full path with stereo box matching (estimator stereo_box_matching: "
+                "the right box is the left box shifted by its NCC disparity along the rows)"
+            )
         for p in r.paths:
             if (r.name, p) in preds:
                 entry["paths"][p] = evaluate_predictions(gt, preds[(r.name, p)], skeleton)

@@ -73,7 +73,10 @@ def _load_any(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 def _summary_of_eval(path: Path) -> dict[str, Any]:
     report = json.loads(Path(path).read_text())
     out: dict[str, Any] = {"file": str(path), "data": report.get("data", {}).get("path")}
-    keys = ("mpjpe_mm", "mpjpe_rr_mm", "pa_mpjpe_mm", "pck3d_150", "detection_rate", "err2d_px")
+    keys = (
+        "mpjpe_mm", "mpjpe_rr_mm", "pa_mpjpe_mm", "pck3d_150", "detection_rate", "err2d_px",
+        "disparity_err_px",
+    )  # fmt: skip
     out["models"] = {
         name: {p: {k: r.get(k) for k in keys} for p, r in m.get("paths", {}).items()}
         for name, m in report.get("models", {}).items()

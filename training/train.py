@@ -299,7 +299,7 @@ def check_config_types(config: dict[str, Any], source: str | Path) -> None:
 
 _COMPACT_POSE_KEYS = {
     "architecture", "backbone", "input_size", "skeleton", "pretrained", "latent_channels",
-    "fusion_channels", "head_channels", "beta", "triangulation",
+    "fusion_channels", "head_channels", "beta", "triangulation", "view_skip",
 }  # fmt: skip
 
 

@@ -44,6 +44,16 @@ Departures from the paper, and why:
    DLT.
 5. **Encoder.** ResNet-18..152 (ResNet-152 in the paper), trained from scratch here unless an
    ImageNet state dict is on disk.
+6. **Optional view skip** (``cdr.view_skip``, off by default). On a *rectified* stereo pair the
+   two cameras share their rotation and differ by a 6-30 cm translation and their crops, and a
+   network trained with the fused code alone learned to place the joints at the same spot of
+   each crop (the result's disparity followed the crop offset, correlation 0.9995; its 2D error
+   stayed ~5x the baseline's after the same GPU training): the code carries too little of each
+   view's own evidence. With the skip, a 1x1 conv + BN of the view's encoder features is added
+   to the lifted per-view code before the decoder (BN scale initialised to 0, so a checkpoint
+   without it starts from the same function). An experiment, not yet shown to help: a 12-minute
+   CPU A/B from the same GPU-trained weights (570 steps of 12 pairs at 128 px) ended at the same
+   validation heatmap loss with and without it (0.00220 vs 0.00222); it needs a GPU-sized run.
 """
 
 from __future__ import annotations
@@ -87,6 +97,12 @@ class CDRNet(PoseNetBase):
             nn.Conv2d(latent, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
         self.head = SimpleBaselinesHead(width, self.num_joints, width, config["head"]["num_deconv"])
+        self.view_skip: nn.Module | None = None
+        if config["cdr"].get("view_skip", False):
+            self.view_skip = nn.Sequential(
+                nn.Conv2d(self.backbone.out_channels, width, 1, bias=False), nn.BatchNorm2d(width)
+            )
+            nn.init.zeros_(self.view_skip[1].weight)
 
     def canonical_code(self, z: torch.Tensor, P_c: torch.Tensor) -> torch.Tensor:
         """FTL: latent ``z (B, V, L, h, w)`` -> canonical code ``(B, V, 4, n)``, n = L/3*h*w."""
@@ -97,7 +113,8 @@ class CDRNet(PoseNetBase):
     def forward_heatmaps(self, images: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
         B, V = images.shape[:2]
         x = images.flatten(0, 1)
-        z = self.encode(self.backbone(x))  # (B*V, L, h, w)
+        features = self.backbone(x)
+        z = self.encode(features)  # (B*V, L, h, w)
         h, w = z.shape[-2:]
         with torch.autocast(images.device.type, enabled=False):
             P_c, _, _ = canonical_projections(P.float(), self.input_size)
@@ -110,5 +127,8 @@ class CDRNet(PoseNetBase):
         per_view = per_view.reshape(B * V, self.latent_channels, h, w).to(z.dtype)
         if x.is_contiguous(memory_format=torch.channels_last):
             per_view = per_view.contiguous(memory_format=torch.channels_last)
-        heatmaps = self.head(self.lift(per_view))
+        decoder_input = self.lift(per_view)
+        if self.view_skip is not None:
+            decoder_input = decoder_input + self.view_skip(features)
+        heatmaps = self.head(decoder_input)
         return heatmaps.unflatten(0, (B, V))

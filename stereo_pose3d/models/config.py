@@ -56,6 +56,16 @@ DEFAULT_ESTIMATOR: dict[str, Any] = {
     # least track_confidence; re-detect with the locator otherwise.
     "tracking": False,
     "track_confidence": 0.5,
+    # Stereo-consistent box refinement passes (re-crop around the reprojected 3D joints), 0-10.
+    "refine_iterations": 0,
+    # Rectified pairs: the right box = the left box shifted by the disparity that best matches
+    # the left box's image patch along the same rows (NCC); the locator's box when that is weak.
+    "stereo_box_matching": True,
+    # Joints whose depth (along the first view's axis) is more than this many metres from the
+    # median depth of the person's joints are marked invalid (confidence 0): a joint confused
+    # between views (left/right swap) has a wrong disparity, metres off at narrow baselines.
+    # 0 = off.
+    "max_depth_spread": 1.0,
 }
 
 
@@ -74,8 +84,10 @@ def pose_config(
     head_channels: int = 256,
     beta: float = 20.0,
     triangulation: str = "svd",
+    view_skip: bool = False,
 ) -> dict[str, Any]:
-    """Default config of a pose network (``"cdrnet"`` or ``"baseline"``)."""
+    """Default config of a pose network (``"cdrnet"`` or ``"baseline"``); ``view_skip``: CDRNet's
+    decoder also sees each view's own encoder features (see :mod:`.cdrnet`)."""
     config: dict[str, Any] = {
         "architecture": architecture,
         "backbone": {"name": backbone, "pretrained": pretrained},
@@ -89,6 +101,8 @@ def pose_config(
     }
     if architecture == "cdrnet":
         config["cdr"] = {"latent_channels": latent_channels, "fusion_channels": fusion_channels}
+        if view_skip:
+            config["cdr"]["view_skip"] = True
     return validate_config(config)
 
 
@@ -170,6 +184,22 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
         unknown = set(settings) - set(DEFAULT_ESTIMATOR)
         if unknown:
             raise ConfigError(f"{where}.estimator: unknown settings {sorted(unknown)}")
+        refine = settings["refine_iterations"]
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ConfigError(
+                f"{where}.estimator.refine_iterations must be an integer >= 0, got {refine!r}"
+            )
+        if not isinstance(settings["stereo_box_matching"], bool):
+            raise ConfigError(
+                f"{where}.estimator.stereo_box_matching must be true or false, "
+                f"got {settings['stereo_box_matching']!r}"
+            )
+        spread = settings["max_depth_spread"]
+        if isinstance(spread, bool) or not isinstance(spread, int | float) or not spread >= 0:
+            raise ConfigError(
+                f"{where}.estimator.max_depth_spread must be a number of metres >= 0 "
+                f"(0 = off), got {spread!r}"
+            )
         config["estimator"] = settings
         return config
 
@@ -216,6 +246,8 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
         if latent <= 0 or latent % 3:
             raise ConfigError(f"{where}.cdr.latent_channels must be a multiple of 3, got {latent}")
         _require(cdr, "fusion_channels", int, f"{where}.cdr")
+        if not isinstance(cdr.get("view_skip", False), bool):
+            raise ConfigError(f"{where}.cdr.view_skip must be true or false")
     return config
 
 

@@ -5,7 +5,7 @@ Layout (docs/synthetic_data.md, "Dataset on disk")::
     DATASET/
       dataset.json                 written first; describes the set (format, skeleton, image size)
       <sequence>/
-        <frame:06d>.left.jpg       RGB (JPEG q95 by default; PNG is accepted too)
+        <frame:06d>.left.jpg       RGB (JPEG q95 by default; PNG and WebP are accepted too)
         <frame:06d>.right.jpg
         <frame:06d>.npz            labels, written LAST (tmp file + os.replace): its presence marks
                                    a complete sample
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "stereo_pose3d.stereo/1"
 INFO_FILE = "dataset.json"
-IMAGE_EXTENSIONS = (".jpg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".png", ".webp")
 
 # key -> (numpy dtype kind(s), shape with "J" = joints and "n" = any length; None = scalar)
 LABEL_SPEC: dict[str, tuple[str, tuple | None]] = {
@@ -83,6 +83,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide datasets from other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -97,11 +98,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
-    """RGB ``(H, W, 3) uint8`` -> JPEG or PNG bytes."""
+    """RGB ``(H, W, 3) uint8`` -> JPEG, WebP (lossy, ``quality`` 1-100) or PNG bytes."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext == ".jpg" else []
+    params = {
+        ".jpg": [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
+        ".webp": [cv2.IMWRITE_WEBP_QUALITY, int(quality)],
+    }.get(ext, [])
     ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError(f"could not encode image as {ext}")
@@ -164,7 +168,7 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def labels_to_bytes(labels: Mapping[str, Any]) -> bytes:
-    """Serialise a label dict as an ``.npz`` archive (no pickled objects)."""
+    """Serialise a label dict as a compressed ``.npz`` archive (no pickled objects)."""
     import io
 
     arrays = {k: _to_numpy(v) for k, v in labels.items()}
@@ -172,7 +176,7 @@ def labels_to_bytes(labels: Mapping[str, Any]) -> bytes:
         if v.dtype == object:
             raise ValueError(f"label {k!r} is not a plain array (dtype object)")
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez_compressed(buf, **arrays)
     return buf.getvalue()
 
 
@@ -233,7 +237,7 @@ class StereoDatasetWriter:
         self.root = Path(root)
         self.image_ext = "." + image_format.lower().lstrip(".")
         if self.image_ext not in IMAGE_EXTENSIONS:
-            raise ValueError(f"image_format must be jpg or png, got {image_format!r}")
+            raise ValueError(f"image_format must be jpg, png or webp, got {image_format!r}")
         self.jpeg_quality = int(jpeg_quality)
         self.num_joints = len(joint_names)
         info = {
