@@ -397,9 +397,7 @@ class StereoPoseEstimator:
             refine_iterations = self.settings.get("refine_iterations", 0)
         self.refine_iterations = refine_iterations
         self.stereo_box_matching = self.settings["stereo_box_matching"]  # checks the type
-        spread = self.settings["max_depth_spread"]
-        if isinstance(spread, bool) or not isinstance(spread, int | float) or not spread >= 0:
-            raise ValueError(f"max_depth_spread must be metres >= 0 (0 = off), got {spread!r}")
+        self.max_depth_spread = self.settings["max_depth_spread"]  # checks the value
         self.pose_net = system.pose.eval().to(self.device, memory_format=torch.channels_last)
         self.locator = system.locator.eval().to(self.device, memory_format=torch.channels_last)
         pose_cfg, loc_cfg = system.config["pose"], system.config["locator"]
@@ -444,6 +442,18 @@ class StereoPoseEstimator:
         """Place the right view's box by matching the left box's patch along its rows (see
         :meth:`from_checkpoint`); assignable, e.g. from a node parameter."""
         return self.settings["stereo_box_matching"]
+
+    @property
+    def max_depth_spread(self) -> float:
+        """Metres; joints farther than this from the person's median depth are invalid (0 =
+        off). Settable between calls (the node's ``max_depth_spread`` parameter)."""
+        return self.settings["max_depth_spread"]
+
+    @max_depth_spread.setter
+    def max_depth_spread(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"max_depth_spread must be metres >= 0 (0 = off), got {value!r}")
+        self.settings["max_depth_spread"] = float(value)
 
     @stereo_box_matching.setter
     def stereo_box_matching(self, value: bool) -> None:

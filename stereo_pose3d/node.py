@@ -83,6 +83,7 @@ class NodeConfig:
     diagnostics_period: float = 1.0
     refine_iterations: int = 0
     stereo_box_matching: bool = True
+    max_depth_spread: float = 1.0
 
     def processing(self) -> ProcessingConfig:
         return ProcessingConfig(
@@ -144,6 +145,12 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
         "box per view",
         False,
     ),
+    "max_depth_spread": (
+        "Metres: joints farther than this from the median depth of the person's joints are "
+        "left out (confidence 0; a joint confused between the views lands metres away); "
+        "0 = off",
+        False,
+    ),
 }
 
 
@@ -203,6 +210,10 @@ def validate_config(values: dict[str, Any], check_files: bool = True) -> NodeCon
         0 <= out["refine_iterations"] <= MAX_REFINE_ITERATIONS,
         f"refine_iterations: must be an integer in [0, {MAX_REFINE_ITERATIONS}], "
         f"got {out['refine_iterations']}",
+    )
+    check(
+        0.0 <= out["max_depth_spread"] <= 100.0,
+        f"max_depth_spread: must be in [0, 100] metres (0 = off), got {out['max_depth_spread']}",
     )
     device = out["device"]
     check(
@@ -354,7 +365,7 @@ class PairItem:
 
 def load_estimator(config: NodeConfig) -> Any:
     """``StereoPoseEstimator.from_checkpoint(weights, device, refine_iterations,
-    stereo_box_matching)`` with errors as ConfigError."""
+    stereo_box_matching, max_depth_spread)`` with errors as ConfigError."""
     from stereo_pose3d.checkpoint import CheckpointError
     from stereo_pose3d.estimator import StereoPoseEstimator
 
@@ -364,6 +375,7 @@ def load_estimator(config: NodeConfig) -> Any:
             device=config.device,
             refine_iterations=config.refine_iterations,
             stereo_box_matching=config.stereo_box_matching,
+            max_depth_spread=config.max_depth_spread,
         )
     except (CheckpointError, ValueError, OSError) as exc:
         raise ConfigError(f"cannot load weights {str(config.weights_path)!r}: {exc}") from exc
@@ -500,9 +512,10 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
 
     def _apply_estimator_config(self, config: NodeConfig) -> None:
         """Estimator options that are node parameters (``refine_iterations``,
-        ``stereo_box_matching``); an injected estimator without such an attribute (a test
+        ``stereo_box_matching``, ``max_depth_spread``); an injected estimator without such an
+        attribute (a test
         double) is left alone."""
-        for name in ("refine_iterations", "stereo_box_matching"):
+        for name in ("refine_iterations", "stereo_box_matching", "max_depth_spread"):
             if hasattr(self.estimator, name):
                 setattr(self.estimator, name, getattr(config, name))
 

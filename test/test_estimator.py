@@ -206,3 +206,22 @@ def test_depth_gate_in_the_estimator(make_fixture_checkpoint, synthetic_stereo_p
     assert poses[1.0].confidence[3] == 0
     with pytest.raises(ValueError, match="max_depth_spread"):
         StereoPoseEstimator.from_checkpoint(ckpt, "cpu", max_depth_spread=-1.0)
+
+
+def test_depth_gate_node_parameter(fixture_checkpoint):
+    from types import SimpleNamespace
+
+    from stereo_pose3d.node import ConfigError, NodeConfig, StereoPose3DNode, validate_config
+
+    assert NodeConfig().max_depth_spread == 1.0
+    assert validate_config({"max_depth_spread": 0}, check_files=False).max_depth_spread == 0.0
+    for bad in (-0.5, float("nan"), "1", True):
+        with pytest.raises(ConfigError, match="max_depth_spread"):
+            validate_config({"max_depth_spread": bad}, check_files=False)
+    # Applied to a running estimator (as on `ros2 param set`), checked by its setter.
+    est = StereoPoseEstimator.from_checkpoint(fixture_checkpoint, "cpu")
+    node = SimpleNamespace(estimator=est)
+    StereoPose3DNode._apply_estimator_config(node, NodeConfig(max_depth_spread=0.4))
+    assert est.max_depth_spread == 0.4 == est.settings["max_depth_spread"]
+    with pytest.raises(ValueError, match="max_depth_spread"):
+        est.max_depth_spread = -1.0
