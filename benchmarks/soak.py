@@ -149,6 +149,13 @@ class StereoDriver:
         self._thread: threading.Thread | None = None
         self.late = 0  # publications more than one period behind schedule
 
+    def publish_infos(self) -> None:
+        """Both camera_info messages once (a camera driver sends them with every image)."""
+        for side in ("left", "right"):
+            info = self.infos[side == "right"]
+            info.header = ros_io.make_header(time.time_ns(), f"stereo_{side}_optical_frame")
+            self.pubs[f"{side}_info"].publish(info)
+
     def wait_matched(self, timeout: float) -> bool:
         return wait_for(
             lambda: all(p.get_subscription_count() for p in self.pubs.values()), timeout
@@ -233,6 +240,19 @@ def run_soak(
     try:
         if not driver.wait_matched(60):
             raise RuntimeError("the node did not subscribe:\n" + log.read_text()[-3000:])
+        # The publisher can see the node's readers before the node's side of discovery is
+        # complete, so the very first messages may be lost (seen: the first pair rejected for
+        # "no camera_info" in a CI run). Send camera_info alone until the node has one per side,
+        # so the soak measures steady state, not discovery.
+        primed = lambda: all(  # noqa: E731
+            int(diag().get(f"info_{side}", 0)) >= 1 for side in ("left", "right")
+        )
+        deadline = time.perf_counter() + 30.0
+        while not primed():
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the node got no camera_info:\n" + log.read_text()[-3000:])
+            driver.publish_infos()
+            wait_for(primed, 1.0)
         t0 = time.perf_counter()
         driver.start()
         window_start = t0

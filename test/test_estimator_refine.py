@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import patch_locator
 
 from stereo_pose3d import estimator as estimator_module
 from stereo_pose3d.checkpoint import load_model
@@ -93,12 +94,7 @@ def oracle_estimator(fixture_checkpoint, monkeypatch):
             fixture_checkpoint, "cpu", stereo_box_matching=False
         )
         est.pose_net = CropBiasedOracle(pair.joints_3d, **oracle_kwargs)
-
-        def fake_locate(images):
-            n = len(images) // 2
-            return np.tile(locator_boxes, (n, 1)), np.ones(2 * n), 0.0
-
-        monkeypatch.setattr(est, "_locate", fake_locate)
+        patch_locator(monkeypatch, est, locator_boxes)
         return est
 
     return make

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from conftest import patch_locator
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_messages import fuzz
@@ -212,12 +213,7 @@ def fake_locator_estimator(fixture_checkpoint, monkeypatch):
 
     def make(boxes: np.ndarray, **settings) -> StereoPoseEstimator:
         est = StereoPoseEstimator.from_checkpoint(fixture_checkpoint, "cpu", **settings)
-
-        def fake_locate(images):
-            n = len(images) // 2
-            return np.tile(boxes, (n, 1)), np.ones(2 * n), 0.0
-
-        monkeypatch.setattr(est, "_locate", fake_locate)
+        patch_locator(monkeypatch, est, boxes)
         return est
 
     return make
