@@ -659,6 +659,18 @@ def args_gemm(report: dict[str, Any]) -> str:
     return f"n={n}: torch.mm {g.get('matmul', 0):.0f}, 1x1 conv {g.get('conv1x1', 0):.0f} GFLOP/s"
 
 
+def machine_record(load_before: tuple[float, float, float], busy: bool) -> dict:
+    """The machine and its load around a measurement, as every benchmark report records it."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "training_running": busy,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+    }
+
+
 def training_running() -> bool:
     import subprocess
 
@@ -746,12 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "onnxruntime": version("onnxruntime"),
         "cpu_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "training_running": busy,
-        "platform": platform.platform(),
-        "processor": platform.processor(),
+        **machine_record(load_before, busy),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "matmul_peak_gflops": peak,
         "gemm_gflops": ceiling,

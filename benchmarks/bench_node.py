@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -58,19 +57,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 NS = "/stereo"
 LEFT_FRAME = "stereo_left_optical_frame"
-
-
-def ros_env(domain: int) -> dict[str, str]:
-    """Environment of a ROS process of the benchmark (same DDS profile, private domain)."""
-    from stereo_pose3d import dds
-
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(domain)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(dds.fastdds_env(base=env))
-    return env
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     dds.configure()
     domain = args.domain or 1 + (os.getpid() * 13) % 101
-    env = ros_env(domain)
+    env = dds.process_env(domain, REPO)
     if (args.backend != "torch" or args.estimator_setting) and args.plain:
         parser.error("--backend and --estimator-setting need the hooked node (no --plain)")
     import yaml
@@ -549,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         {k: yaml.safe_load(v) for k, _, v in (x.partition("=") for x in args.estimator_setting)}
     )
     load_before = os.getloadavg()
-    from bench_model import training_running, write_system_file
+    from bench_model import machine_record, training_running, write_system_file
 
     busy = training_running()
     runs: list[dict[str, Any]] = []
@@ -632,12 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": args.backend,
         "estimator_settings": args.estimator_setting,
         "input": f"{args.width}x{args.height} rgb8 stereo + camera_info at {args.rate} Hz",
-        "cpu_count": os.cpu_count(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "training_running": busy,
-        "platform": platform.platform(),
-        "processor": platform.processor(),
+        **machine_record(load_before, busy),
         "args": {k: str(v) for k, v in vars(args).items()},
         "runs": runs,
         "median": aggregate(runs),

@@ -216,6 +216,20 @@ def configure(choice: str | None = None) -> dict[str, str]:
     return added
 
 
+def process_env(domain: int, pythonpath: str | Path | None = None) -> dict[str, str]:
+    """Environment for a ROS subprocess on ``domain``: a copy of ``os.environ`` with loopback
+    discovery, unbuffered output, this package's Fast DDS profile (:func:`fastdds_env`) and
+    ``pythonpath`` (if given) in front of ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(domain)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(fastdds_env(base=env))
+    return env
+
+
 def write_config_files(config_dir: Path) -> list[Path]:
     """(Re)write the shipped XML files into ``config_dir`` from the embedded texts."""
     out = []

@@ -43,13 +43,7 @@ def unique_domain() -> int:
 
 def ros_env(domain: int) -> dict[str, str]:
     """Environment for a subprocess on ``domain`` (package importable, same DDS profile)."""
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(domain)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(dds.fastdds_env(base=env))
-    return env
+    return dds.process_env(domain, REPO)
 
 
 def node_command() -> list[str]:
