@@ -429,13 +429,11 @@ class ModelRunner:
         path: str | Path,
         device: str = "auto",
         name: str | None = None,
-        refine_iterations: int | None = None,
-        stereo_box_matching: bool | None = None,
         estimator_settings: dict[str, Any] | None = None,
     ) -> None:
-        """``refine_iterations``: the full path's box refinement passes (None: the
-        checkpoint's setting, i.e. 0 unless it stores one); ``stereo_box_matching``: the full
-        path's stereo box matching (None: the checkpoint's setting)."""
+        """``estimator_settings``: overrides of the checkpoint's estimator settings for the full
+        path (keys of ``DEFAULT_ESTIMATOR``, e.g. ``refine_iterations``,
+        ``stereo_box_matching``); the checkpoint's own settings otherwise."""
         from stereo_pose3d.checkpoint import load_checkpoint
         from stereo_pose3d.estimator import StereoPoseEstimator, resolve_device
 
@@ -450,11 +448,8 @@ class ModelRunner:
         except ValueError:
             architecture, self.provenance = "training", {}
         if architecture == "system":
-            extra = dict(estimator_settings or {})
-            if stereo_box_matching is not None:
-                extra["stereo_box_matching"] = stereo_box_matching
             self.estimator = StereoPoseEstimator.from_checkpoint(
-                self.path, device=str(self.device), refine_iterations=refine_iterations, **extra
+                self.path, device=str(self.device), **(estimator_settings or {})
             )
             self.pose_net = self.estimator.pose_net
             self.settings = dict(self.estimator.settings)
@@ -949,8 +944,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _estimator_settings(items: list[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` (values parsed as YAML) -> dict; ValueError names a bad item."""
+def _estimator_settings(
+    items: list[str], refine: int | None = None, stereo_box_matching: str | None = None
+) -> dict[str, Any]:
+    """The full path's estimator overrides: ``--estimator`` items ``["key=value", ...]``
+    (values parsed as YAML; ValueError names a bad item), then the shortcuts ``--refine N`` and
+    ``--stereo-box-matching on|off`` (None: not given, the checkpoint's setting stays)."""
     import yaml
 
     out = {}
@@ -959,12 +958,11 @@ def _estimator_settings(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ValueError(f"--estimator {item!r}: expected KEY=VALUE")
         out[key.strip()] = yaml.safe_load(value)
+    if refine is not None:
+        out["refine_iterations"] = refine
+    if stereo_box_matching is not None:
+        out["stereo_box_matching"] = stereo_box_matching == "on"
     return out
-
-
-def _on_off(value: str | None) -> bool | None:
-    """``"on"`` / ``"off"`` / None (the checkpoint's setting) -> True / False / None."""
-    return None if value is None else value == "on"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -995,9 +993,11 @@ def _main(args: argparse.Namespace) -> int:
             p,
             args.device,
             n,
-            getattr(args, "refine", None),
-            _on_off(getattr(args, "stereo_box_matching", None)),
-            _estimator_settings(getattr(args, "estimator", None) or []),
+            _estimator_settings(
+                getattr(args, "estimator", None) or [],
+                refine=getattr(args, "refine", None),
+                stereo_box_matching=getattr(args, "stereo_box_matching", None),
+            ),
         )
         for p, n in zip(ckpts, names, strict=True)
     ]
