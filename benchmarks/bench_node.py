@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -378,15 +377,12 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """SIGINT, 15 s, kill (:func:`stereo_pose3d.processes.stop_process`); close the log."""
+    from stereo_pose3d.processes import stop_process
+
+    code = stop_process(proc, timeout=15)
     proc.log_handle.close()  # type: ignore[attr-defined]
-    return proc.returncode
+    return code
 
 
 def cpu_seconds(pid: int) -> float:

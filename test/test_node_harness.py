@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stereo_pose3d import dds
+from stereo_pose3d import dds, processes
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_YAML = REPO / "config" / "stereo_pose3d.yaml"
@@ -86,17 +85,13 @@ def start_node(
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """Stop ``proc`` (:func:`stereo_pose3d.processes.stop_process`: SIGINT, ``timeout`` s, kill)
+    and close the log file :func:`start_node` gave it; returns the exit code."""
+    code = processes.stop_process(proc, timeout)
     handle = getattr(proc, "log_handle", None)
     if handle is not None:
         handle.close()
-    return proc.returncode
+    return code
 
 
 def rss_mb(pid: int) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -267,6 +266,7 @@ def main(args: argparse.Namespace) -> int:
     from stereo_pose3d import metrics
     from stereo_pose3d.bag import BagPlayer
     from stereo_pose3d.node import DEFAULT_WEIGHTS
+    from stereo_pose3d.processes import stop_process
     from stereo_pose3d.ros_io import pose_array_to_numpy, stamp_to_ns
 
     bag = Path(args.bag)
@@ -340,12 +340,7 @@ def main(args: argparse.Namespace) -> int:
                 time.sleep(0.2)
             time.sleep(1.2)  # one more diagnostics message
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc, timeout=15)
     executor.shutdown(timeout_sec=2.0)
     spinner.join(3)
     diag = recorder.last_diagnostics()
