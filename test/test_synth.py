@@ -277,6 +277,61 @@ def test_dataset_is_deterministic_by_seed(tmp_path: Path) -> None:
     assert {s.split("_")[-1] for s in da.sequences} == {"000", "001"}
 
 
+def test_rig_times_snapshots_and_video() -> None:
+    from training.synth.generate import rig_times
+
+    rng = np.random.default_rng(0)
+    snaps = rig_times(rng, 4.0, 8, fps=0.0)
+    assert snaps.shape == (8,) and np.all(np.diff(snaps) >= 0) and 0 <= snaps[0] <= snaps[-1] <= 4
+    video = rig_times(rng, 4.0, 30, fps=30.0)
+    np.testing.assert_allclose(np.diff(video), 1 / 30, atol=1e-12)
+    assert video[0] >= 0.0 and video[-1] <= 4.0 + 1e-9  # inside the clip: 29/30 s of 4 s
+    longer = rig_times(rng, 0.5, 30, fps=30.0)  # longer than the clip: starts at 0
+    assert longer[0] == 0.0 and longer[-1] == pytest.approx(29 / 30)
+
+
+def test_continuous_dataset_has_consecutive_frames(tmp_path: Path) -> None:
+    from training.__main__ import main
+    from training.data.stereo_dataset import StereoDataset
+
+    args = ["synth", "--out", str(tmp_path / "v"), "--split", "val", "--frames", "6"]
+    args += ["--frames-per-rig", "3", "--fps", "25", "--width", "160", "--height", "120"]
+    assert main([*args, "--workers", "1", "--no-progress"]) == 0
+    ds = StereoDataset(tmp_path / "v")
+    assert ds.info["config"]["fps"] == 25.0
+    by_seq: dict[str, list[tuple[int, float]]] = {}
+    for i in range(len(ds)):
+        sample = ds[i]
+        by_seq.setdefault(sample["sequence"], []).append((sample["frame"], sample["time"]))
+    assert len(by_seq) == 2
+    for frames in by_seq.values():
+        times = [t for _, t in sorted(frames)]
+        np.testing.assert_allclose(np.diff(times), 1 / 25, atol=1e-5)
+    # Rerunning with the same config continues (nothing to do); another fps is refused.
+    assert main([*args, "--workers", "1", "--no-progress"]) == 0
+    args[args.index("25")] = "30"
+    assert main([*args, "--workers", "1", "--no-progress"]) == 2
+    args[args.index("30")] = "-1"
+    args[args.index(str(tmp_path / "v"))] = str(tmp_path / "w")
+    assert main([*args, "--workers", "1", "--no-progress"]) == 2
+    assert not (tmp_path / "w").exists()
+
+
+def test_dataset_written_before_fps_existed_resumes(tmp_path: Path) -> None:
+    import json
+
+    from training.synth.generate import DatasetConfig, generate_dataset
+
+    cfg = DatasetConfig(split="val", frames=2, frames_per_rig=2, width=160, height=120)
+    generate_dataset(tmp_path / "old", cfg, workers=1, progress=False)
+    info_path = tmp_path / "old" / "dataset.json"
+    info = json.loads(info_path.read_text())
+    del info["config"]["fps"]  # as written by generator releases without the field
+    info_path.write_text(json.dumps(info))
+    summary = generate_dataset(tmp_path / "old", cfg, workers=1, progress=False)
+    assert summary["frames_written"] == 0  # recognised as the same dataset, complete
+
+
 # --------------------------------------------------------------------------------------------
 # Bags
 # --------------------------------------------------------------------------------------------

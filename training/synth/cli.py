@@ -49,6 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="humanoid render supersampling factor (anti-aliasing)",
     )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="frame rate (Hz). --bag: default the clip's keyframe rate. --out: each rig renders "
+        "--frames-per-rig consecutive video frames at this rate (continuous sequences, for "
+        "temporal filters); default: random snapshots of the clip",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ds = parser.add_argument_group("dataset (--out / --preview)")
     ds.add_argument(
@@ -83,9 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bag = parser.add_argument_group("bag (--bag)")
     bag.add_argument("--clip", default="dance_a", choices=CLIP_NAMES)
     bag.add_argument("--seconds", type=float, default=10.0)
-    bag.add_argument(
-        "--fps", type=float, default=None, help="frame rate (default: the clip's keyframe rate)"
-    )
     bag.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
 
 
@@ -140,6 +145,7 @@ def main(args: argparse.Namespace) -> int:
             supersample=args.supersample,
             jpeg_quality=args.jpeg_quality,
             occluder_probability=args.occluders,
+            fps=0.0 if args.fps is None else args.fps,
         )
         if args.preview:
             return _preview(args.preview, cfg)

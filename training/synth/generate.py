@@ -1,10 +1,13 @@
 """Generate the synthetic stereo dataset in parallel, deterministically by seed.
 
-The dataset is cut into *rigs*: rig ``r`` renders ``frames_per_rig`` frames of one clip (sorted
-random times of one pass through it) from one random camera rig and scene, into the sequence
-``<clip>_<r:03d>``. Everything about rig ``r`` derives from ``SeedSequence([seed, crc32(split), r,
-attempt])`` alone, so the output does not depend on the number of workers or their scheduling.
-Each worker process owns one pybullet DIRECT client and writes its rigs' samples itself.
+The dataset is cut into *rigs*: rig ``r`` renders ``frames_per_rig`` frames of one clip from one
+random camera rig and scene, into the sequence ``<clip>_<r:03d>``. The frames are sorted random
+times of one pass through the clip (snapshots: the default, most varied for training) or, with
+``fps > 0``, consecutive frames of a video at that rate from a random start (continuous
+sequences, on which temporal filters can be evaluated). Everything about rig ``r`` derives from
+``SeedSequence([seed, crc32(split), r, attempt])`` alone, so the output does not depend on the
+number of workers or their scheduling. Each worker process owns one pybullet DIRECT client and
+writes its rigs' samples itself.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class DatasetConfig:
     supersample: int = 2
     jpeg_quality: int = 95
     occluder_probability: float = 0.3
+    fps: float = 0.0  # > 0: consecutive frames at this rate (video); 0: random snapshots
 
     @property
     def num_rigs(self) -> int:
@@ -64,8 +68,7 @@ def plan_rig(renderer, cfg: DatasetConfig, rig: int):
         rng = np.random.default_rng(choose_ss)
         clip = str(rng.choice(clips))
         raw = bool(rng.random() < cfg.raw_fraction)
-        duration = load_clip(clip).duration
-        times = np.sort(rng.uniform(0.0, duration, cfg.rig_frames(rig)))
+        times = rig_times(rng, load_clip(clip).duration, cfg.rig_frames(rig), cfg.fps)
         try:
             return renderer.plan(
                 plan_ss,
@@ -78,6 +81,17 @@ def plan_rig(renderer, cfg: DatasetConfig, rig: int):
         except RuntimeError as exc:
             last = exc
     raise RuntimeError(f"rig {rig}: {last}")
+
+
+def rig_times(rng: np.random.Generator, duration: float, frames: int, fps: float) -> np.ndarray:
+    """Clip times (s) of a rig's ``frames``: sorted uniform snapshots of one pass through the clip
+    (``fps <= 0``), or ``frames`` consecutive video frames at ``fps`` from a random start that
+    keeps them inside the clip when it is long enough (clips past their end loop or hold)."""
+    if fps <= 0:
+        return np.sort(rng.uniform(0.0, duration, frames))
+    span = (frames - 1) / fps
+    start = rng.uniform(0.0, max(0.0, duration - span))
+    return start + np.arange(frames) / fps
 
 
 def sequence_name(clip: str, rig: int) -> str:
@@ -176,10 +190,14 @@ def generate_dataset(
     clips_for_split(cfg.split)  # validates the split early
     if cfg.frames < 1 or cfg.frames_per_rig < 1:
         raise ValueError("frames and frames_per_rig must be >= 1")
+    if not math.isfinite(cfg.fps) or cfg.fps < 0:
+        raise ValueError(f"fps must be >= 0 (0 = random snapshots), got {cfg.fps}")
     info = dataset_info(cfg)
     if (out / INFO_FILE).exists():
         existing = read_info(out)
-        if existing.get("config") != info["config"]:
+        # Datasets written before a field existed hold its default.
+        existing_config = {**asdict(DatasetConfig()), **(existing.get("config") or {})}
+        if existing_config != info["config"]:
             raise ValueError(
                 f"{out} holds a dataset with a different config {existing.get('config')}; "
                 "choose another --out or remove it"
