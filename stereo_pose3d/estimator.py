@@ -21,6 +21,9 @@ Pipeline per stereo pair (both views batched together at every step):
    ``crop_scale``, cut with :func:`~stereo_pose3d.models.crops.make_crop`; ``P_crop = A @ P``.
 3. **Network**: the pose network (CDRNet or baseline) gives heatmaps, 2D joints and
    confidences per view (``torch.inference_mode``, channels_last, autocast bf16/fp16 on CUDA).
+   With ``flip_test`` (default off) the mirrored crops run in the same batch and their heatmaps,
+   mirrored back and joint-permuted, are averaged in before the soft-argmax (twice the network's
+   cost; see :class:`~stereo_pose3d.models.baseline.PoseNetBase`).
 4. **Triangulate**: weighted DLT (float32) in the frame ``P_left``/``P_right`` project from.
 5. **Refine** (``refine_iterations`` > 0, default 0): the triangulated joints are projected into
    both views, their bounds (plus ``REFINE_BOX_MARGIN``) become the boxes of steps 2-4, run
@@ -398,6 +401,7 @@ class StereoPoseEstimator:
         self.refine_iterations = refine_iterations
         self.stereo_box_matching = self.settings["stereo_box_matching"]  # checks the type
         self.max_depth_spread = self.settings["max_depth_spread"]  # checks the value
+        self.flip_test = self.settings["flip_test"]  # checks the type
         self.pose_net = system.pose.eval().to(self.device, memory_format=torch.channels_last)
         self.locator = system.locator.eval().to(self.device, memory_format=torch.channels_last)
         pose_cfg, loc_cfg = system.config["pose"], system.config["locator"]
@@ -455,6 +459,19 @@ class StereoPoseEstimator:
             raise ValueError(f"max_depth_spread must be metres >= 0 (0 = off), got {value!r}")
         self.settings["max_depth_spread"] = float(value)
 
+    @property
+    def flip_test(self) -> bool:
+        """Flip test: the pose network also runs on the mirrored crops (same batch) and the
+        heatmaps are averaged (see :meth:`from_checkpoint`); assignable between calls (the
+        node's ``flip_test`` parameter)."""
+        return self.settings["flip_test"]
+
+    @flip_test.setter
+    def flip_test(self, value: bool) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"flip_test must be true or false, got {value!r}")
+        self.settings["flip_test"] = bool(value)
+
     @stereo_box_matching.setter
     def stereo_box_matching(self, value: bool) -> None:
         if not isinstance(value, (bool, np.bool_)):
@@ -477,7 +494,17 @@ class StereoPoseEstimator:
 
         ``settings`` override the checkpoint's estimator settings (``crop_scale``,
         ``score_threshold``, ``min_pose_confidence``, ``min_box_fraction``, ``tracking``,
-        ``track_confidence``, ``stereo_box_matching``).
+        ``track_confidence``, ``stereo_box_matching``, ``max_depth_spread``, ``flip_test``).
+
+        ``flip_test`` (bool, default False): flip test-time augmentation (Simple Baselines).
+        Both views' crops are also mirrored horizontally (with mirrored cameras and the two views
+        swapped: a valid stereo pair of the mirrored scene, as in training's flip augmentation,
+        so it applies to CDRNet too), run in the same batch, and their heatmaps are mirrored
+        back (exact under the pixel-centre convention: no shift), joint-permuted with the
+        skeleton's ``flip_permutation`` and averaged with the originals' before the
+        soft-argmax; triangulation is unchanged. It costs about 1.8x the pose network's time
+        (measured +24-34 ms per pair with the shipped baseline on 2 CPU cores); see
+        docs/models.md (pipeline step 3) for what it buys.
 
         ``stereo_box_matching`` (bool): for a rectified pair, the right view's box is the left
         view's box (located or tracked) shifted along its rows by the disparity at which the
@@ -737,7 +764,10 @@ class StereoPoseEstimator:
         P_t = P_t.view(len(idx), 2, 3, 4)
         t_pre = self._sync()
         with self._autocast():
-            out = self.pose_net.forward_2d(x, P_t)
+            if self.flip_test:
+                out = self.pose_net.forward_2d(x, P_t, flip_test=True)
+            else:
+                out = self.pose_net.forward_2d(x, P_t)
         t_net = self._sync()
         X, valid = self.pose_net.triangulate(out["joints_2d"], out["confidence"], P_t)
         X_np = X.double().cpu().numpy()

@@ -84,6 +84,7 @@ class NodeConfig:
     refine_iterations: int = 0
     stereo_box_matching: bool = True
     max_depth_spread: float = 1.0
+    flip_test: bool = False
 
     def processing(self) -> ProcessingConfig:
         return ProcessingConfig(
@@ -149,6 +150,11 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
         "Metres: joints farther than this from the median depth of the person's joints are "
         "left out (confidence 0; a joint confused between the views lands metres away); "
         "0 = off",
+        False,
+    ),
+    "flip_test": (
+        "Flip test: the pose network also runs on the horizontally mirrored crops (same batch) "
+        "and the mirrored-back heatmaps are averaged in; doubles the network's cost",
         False,
     ),
 }
@@ -365,7 +371,7 @@ class PairItem:
 
 def load_estimator(config: NodeConfig) -> Any:
     """``StereoPoseEstimator.from_checkpoint(weights, device, refine_iterations,
-    stereo_box_matching, max_depth_spread)`` with errors as ConfigError."""
+    stereo_box_matching, max_depth_spread, flip_test)`` with errors as ConfigError."""
     from stereo_pose3d.checkpoint import CheckpointError
     from stereo_pose3d.estimator import StereoPoseEstimator
 
@@ -376,6 +382,7 @@ def load_estimator(config: NodeConfig) -> Any:
             refine_iterations=config.refine_iterations,
             stereo_box_matching=config.stereo_box_matching,
             max_depth_spread=config.max_depth_spread,
+            flip_test=config.flip_test,
         )
     except (CheckpointError, ValueError, OSError) as exc:
         raise ConfigError(f"cannot load weights {str(config.weights_path)!r}: {exc}") from exc
@@ -512,10 +519,9 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
 
     def _apply_estimator_config(self, config: NodeConfig) -> None:
         """Estimator options that are node parameters (``refine_iterations``,
-        ``stereo_box_matching``, ``max_depth_spread``); an injected estimator without such an
-        attribute (a test
-        double) is left alone."""
-        for name in ("refine_iterations", "stereo_box_matching", "max_depth_spread"):
+        ``stereo_box_matching``, ``max_depth_spread``, ``flip_test``); an injected estimator
+        without such an attribute (a test double) is left alone."""
+        for name in ("refine_iterations", "stereo_box_matching", "max_depth_spread", "flip_test"):
             if hasattr(self.estimator, name):
                 setattr(self.estimator, name, getattr(config, name))
 

@@ -23,7 +23,8 @@ For each model, on the same samples, it reports (Markdown ``eval.md`` + ``eval.j
   refinement passes, labelled ``full+refineN`` in the tables; ``--stereo-box-matching on|off``
   overrides the checkpoint's estimator setting of that name, said in the report's notes), and
   ``gt-box`` -- the same crops
-  cut around the ground-truth boxes, which separates localisation errors from pose errors;
+  cut around the ground-truth boxes, which separates localisation errors from pose errors
+  (``--estimator flip_test=true``, flip test, applies to both paths of a system checkpoint);
 * optional post-processing of the full path (:mod:`training.postprocess`): bone-length
   refinement with lengths learned from the sequence (causal) or fixed from a training set
   (``--bone-prior``), One-Euro and constant-velocity Kalman temporal filters, and their
@@ -527,7 +528,10 @@ class ModelRunner:
         x = torch.stack(crops).to(self.device).unflatten(0, (n, 2))
         P_t = torch.as_tensor(np.stack(P_crop), dtype=torch.float32, device=self.device)
         P_t = P_t.view(n, 2, 3, 4)
-        net_out = self.pose_net.forward_2d(x, P_t)
+        if self.settings.get("flip_test", False):  # the estimator's setting, as the full path
+            net_out = self.pose_net.forward_2d(x, P_t, flip_test=True)
+        else:
+            net_out = self.pose_net.forward_2d(x, P_t)
         X, valid = self.pose_net.triangulate(net_out["joints_2d"], net_out["confidence"], P_t)
         X = X.double().cpu().numpy()
         valid = valid.cpu().numpy()
@@ -1084,6 +1088,11 @@ def _main(args: argparse.Namespace) -> int:
             report.setdefault("notes", []).append(
                 f"{r.name}: full path with {r.refine_iterations} stereo-consistent box "
                 "refinement pass(es) (estimator refine_iterations; full+refineN in the tables)"
+            )
+        if r.settings.get("flip_test") and r.estimator is not None:
+            report.setdefault("notes", []).append(
+                f"{r.name}: flip test on both paths (estimator flip_test: the network also runs "
+                "on the mirrored crops, heatmaps averaged)"
             )
         if r.stereo_box_matching and (r.name, "full") in preds:
             report.setdefault("notes", []).append(

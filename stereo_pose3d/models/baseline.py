@@ -10,7 +10,13 @@ from torch import nn
 from stereo_pose3d.models.backbone import ResNetBackbone
 from stereo_pose3d.models.canonical import canonical_projections, triangulate_canonical
 from stereo_pose3d.models.heads import SimpleBaselinesHead
-from stereo_pose3d.models.heatmaps import heatmap_to_crop, soft_argmax
+from stereo_pose3d.models.heatmaps import (
+    flip_crop_inputs,
+    heatmap_to_crop,
+    soft_argmax,
+    unflip_heatmaps,
+)
+from stereo_pose3d.skeleton import Skeleton
 
 MIN_WEIGHT = 0.01  # DLT weights are max(confidence, MIN_WEIGHT): never an all-zero system
 
@@ -26,6 +32,15 @@ class PoseNetBase(nn.Module):
     * ``joints_2d (B, V, J, 2)`` crop pixels (soft-argmax), ``confidence (B, V, J)`` in [0, 1],
     * ``joints_3d (B, J, 3)`` metres in the frame the P's project from (weighted DLT),
     * ``valid (B, J)`` bool (triangulation not degenerate; no gradient).
+
+    ``forward_2d(..., flip_test=True)``: flip test (Simple Baselines, Xiao et al. 2018) -- the
+    network also runs on the horizontally mirrored crops (in the same batch), whose heatmaps are
+    mirrored back, joint-permuted (:attr:`flip_permutation`) and averaged with the originals'
+    before the soft-argmax (:func:`~stereo_pose3d.models.heatmaps.flip_crop_inputs`,
+    :func:`~stereo_pose3d.models.heatmaps.unflip_heatmaps`). The mirrored input is a mirrored
+    scene seen by proper cameras (``P' = A_flip P diag(-1, 1, 1, 1)``) with the two views
+    swapped, i.e. exactly a training sample of the flip augmentation, so it is well defined for
+    CDRNet's fused code as well as for the per-view baseline.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -36,6 +51,9 @@ class PoseNetBase(nn.Module):
         self.beta = float(config["soft_argmax"]["beta"])
         self.triangulation = config["triangulation"]["method"]
         self.backbone = ResNetBackbone(config["backbone"]["name"], 4)
+        names = tuple(config["joint_names"])
+        # perm[j]: the joint that j becomes in a mirror image (left_* <-> right_*).
+        self.flip_permutation: tuple[int, ...] = Skeleton("pose", names, (), 0).flip_permutation
 
     def forward_heatmaps(self, images: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -50,10 +68,17 @@ class PoseNetBase(nn.Module):
         if tuple(P.shape) != (*images.shape[:2], 3, 4):
             raise ValueError(f"P must be {(*images.shape[:2], 3, 4)}, got {tuple(P.shape)}")
 
-    def forward_2d(self, images: torch.Tensor, P: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Heatmaps, 2D joints (crop px) and confidences; no triangulation."""
+    def forward_2d(
+        self, images: torch.Tensor, P: torch.Tensor, flip_test: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Heatmaps, 2D joints (crop px) and confidences; no triangulation. ``flip_test``: the
+        heatmaps are the average of the crops' and the mirrored crops' (:meth:`flip_test_heatmaps`;
+        one forward pass of twice the batch)."""
         self.check_inputs(images, P)
-        heatmaps = self.forward_heatmaps(images, P)
+        if flip_test:
+            heatmaps = self.flip_test_heatmaps(images, P)
+        else:
+            heatmaps = self.forward_heatmaps(images, P)
         stride = self.input_size[0] / heatmaps.shape[-1]
         uv, confidence = soft_argmax(heatmaps, self.beta)
         return {
@@ -61,6 +86,18 @@ class PoseNetBase(nn.Module):
             "joints_2d": heatmap_to_crop(uv, stride),
             "confidence": confidence,
         }
+
+    def flip_test_heatmaps(self, images: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        """``(B, V, J, h, w)`` float32: mean of the heatmaps of the crops and of their mirror
+        images mapped back (see the class docstring); both in one batch of ``2 B``."""
+        B, V = images.shape[:2]
+        images_f, P_f = flip_crop_inputs(images, P)
+        both = torch.cat([images, images_f])
+        if images.flatten(0, 1).is_contiguous(memory_format=torch.channels_last):
+            both = both.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            both = both.unflatten(0, (2 * B, V))
+        heatmaps = self.forward_heatmaps(both, torch.cat([P, P_f])).float()
+        return (heatmaps[:B] + unflip_heatmaps(heatmaps[B:], self.flip_permutation)) / 2
 
     def triangulate(
         self, joints_2d: torch.Tensor, confidence: torch.Tensor, P: torch.Tensor

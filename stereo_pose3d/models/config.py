@@ -66,6 +66,10 @@ DEFAULT_ESTIMATOR: dict[str, Any] = {
     # between views (left/right swap) has a wrong disparity, metres off at narrow baselines.
     # 0 = off.
     "max_depth_spread": 1.0,
+    # Flip test: the pose network also sees the horizontally mirrored crops (same batch); their
+    # heatmaps, mirrored back and joint-permuted, are averaged with the originals' before the
+    # soft-argmax. Doubles the pose network's cost.
+    "flip_test": False,
 }
 
 
@@ -193,6 +197,10 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
             raise ConfigError(
                 f"{where}.estimator.stereo_box_matching must be true or false, "
                 f"got {settings['stereo_box_matching']!r}"
+            )
+        if not isinstance(settings["flip_test"], bool):
+            raise ConfigError(
+                f"{where}.estimator.flip_test must be true or false, got {settings['flip_test']!r}"
             )
         spread = settings["max_depth_spread"]
         if isinstance(spread, bool) or not isinstance(spread, int | float) or not spread >= 0:

@@ -13,6 +13,15 @@ Choice of ``beta`` (softmax inverse temperature) for Gaussian targets of sigma 2
 ``beta = 20`` (default) keeps sub-pixel accuracy with a margin against background noise; the
 learnable-triangulation value 100 is a hard argmax on such targets (quantised to the cell grid),
 which costs ~1 crop pixel, i.e. centimetres to decimetres of depth with a short stereo baseline.
+
+Flip test (:func:`flip_crop_inputs`, :func:`unflip_heatmaps`): mirroring a crop of width ``W = s w``
+maps crop pixel ``x`` to ``W - 1 - x`` (``A_flip`` of :mod:`.crops` / ``training.augment``), and
+with cell centres at ``s u + (s - 1) / 2`` that is exactly cell ``u -> w - 1 - u``:
+``s (w - 1 - u) + (s - 1) / 2 = W - 1 - (s u + (s - 1) / 2)``. So the width axis of a mirrored
+crop's heatmaps is simply reversed, with no shift. (The one-cell shift of the Simple Baselines
+reference code, ``output_flipped[..., 1:] = output_flipped[..., :-1]``, makes up for its targets
+being centred on pixel ``s u`` rather than on the cell centre; with this module's convention it
+would move every joint by ``s`` crop pixels, which the tests check.)
 """
 
 from __future__ import annotations
@@ -28,6 +37,49 @@ def heatmap_to_crop(uv: torch.Tensor, stride: float) -> torch.Tensor:
 def crop_to_heatmap(xy: torch.Tensor, stride: float) -> torch.Tensor:
     """Crop pixels ``(..., 2)`` -> heatmap cell coordinates."""
     return (xy - (stride - 1) / 2) / stride
+
+
+def flip_crop_inputs(
+    images: torch.Tensor, P: torch.Tensor, swap_views: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontally mirrored crops and their cameras, for flip test.
+
+    Args:
+        images: ``(B, V, C, H, W)`` crops.
+        P: ``(B, V, 3, 4)`` their crop-adjusted projections.
+        swap_views: reverse the view axis (a stereo pair's two views swap).
+
+    Returns:
+        ``images[..., ::-1]`` and ``P' = A_flip P S`` with ``A_flip = [[-1, 0, W - 1], [0, 1, 0],
+        [0, 0, 1]]`` and ``S = diag(-1, 1, 1, 1)``: the mirrored scene (``X' = S X``) seen by
+        proper cameras, ``project(P', S X) = A_flip project(P, X)`` (the training flip of
+        ``training.augment``). In the mirrored scene a stereo pair's right camera is on the left
+        of the other one, so ``swap_views`` makes view 0 the left camera again, as training's
+        ``flip_swap_views`` does (what CDRNet's fused code was trained on; the baseline ignores
+        P and treats the views independently).
+    """
+    W = images.shape[-1]
+    images_f = images.flip(-1)
+    P_f = P.clone()
+    P_f[..., 0, :] = (W - 1) * P[..., 2, :] - P[..., 0, :]
+    P_f[..., :, 0] = -P_f[..., :, 0]
+    if swap_views:
+        images_f, P_f = images_f.flip(1), P_f.flip(1)
+    return images_f, P_f
+
+
+def unflip_heatmaps(
+    heatmaps: torch.Tensor, permutation: tuple[int, ...] | list[int], swap_views: bool = True
+) -> torch.Tensor:
+    """Heatmaps ``(B, V, J, h, w)`` of :func:`flip_crop_inputs`' mirrored crops -> heatmaps in the
+    original crops: views swapped back (``swap_views``), the width axis reversed (exact, no shift:
+    see the module docstring) and the joints permuted, channel ``j`` <- channel
+    ``permutation[j]`` (``Skeleton.flip_permutation``: the mirror image of a left wrist is a right
+    wrist)."""
+    if swap_views:
+        heatmaps = heatmaps.flip(1)
+    index = torch.as_tensor(list(permutation), dtype=torch.long, device=heatmaps.device)
+    return heatmaps.flip(-1).index_select(-3, index)
 
 
 def soft_argmax(heatmaps: torch.Tensor, beta: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
