@@ -461,8 +461,12 @@ def process_bag(
     storage: str = "mcap",
     sheet_frames: int = 9,
     progress: Callable[[int], None] | None = None,
+    smoothing: str = "one_euro",
 ) -> ProcessSummary:
     """Run ``estimator`` over every synchronized pair of ``bag`` and write the outputs.
+
+    ``smoothing``: temporal smoothing of the joints as the node does (``"one_euro"``, its
+    default parameters) or ``"none"`` (the estimator's joints as they are).
 
     Writes ``<ns>/pose3d/markers`` (MarkerArray) and ``<ns>/pose3d/joints`` (PoseArray) into the
     new rosbag2 ``out`` (version 8: readable by Humble and later), stamped with the left image's
@@ -491,9 +495,10 @@ def process_bag(
     keep = set(np.linspace(0, n_left - 1, min(sheet_frames, n_left)).round().astype(int).tolist())
 
     rectified = names["image"] == "image_rect"  # image_raw: rectified here with K, D, R, P
-    processor = PoseProcessor(
-        estimator, ProcessingConfig(min_confidence=min_confidence, images_rectified=rectified)
+    config = ProcessingConfig(
+        min_confidence=min_confidence, images_rectified=rectified, smoothing=smoothing
     )
+    processor = PoseProcessor(estimator, config)
     typestore = get_typestore(Stores.ROS2_KILTED)
     plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
     writer = Writer(out, version=8, storage_plugin=plugin)
@@ -646,6 +651,7 @@ def process_main(args: argparse.Namespace) -> int:
             slop=args.slop,
             min_confidence=args.min_confidence,
             storage=args.storage,
+            smoothing=args.smoothing,
         )
     except BagError as exc:
         print(f"stereo_pose3d_bag process: {exc}", file=sys.stderr)
@@ -707,6 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--slop", type=float, default=0.02)
     proc.add_argument("--min-confidence", type=float, default=0.3)
     proc.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    proc.add_argument(
+        "--smoothing",
+        choices=("one_euro", "none"),
+        default="one_euro",
+        help="temporal smoothing of the joints, as the node's parameter (default one_euro)",
+    )
     return parser
 
 

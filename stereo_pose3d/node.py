@@ -30,6 +30,9 @@ import numpy as np
 
 from stereo_pose3d import dds, ros_io
 from stereo_pose3d.pipeline import (
+    SMOOTHING_BETA,
+    SMOOTHING_CHOICES,
+    SMOOTHING_MIN_CUTOFF,
     EstimatorOutputError,
     FrameResult,
     PoseProcessor,
@@ -85,6 +88,9 @@ class NodeConfig:
     stereo_box_matching: bool = True
     max_depth_spread: float = 1.0
     flip_test: bool = False
+    smoothing: str = "one_euro"
+    smoothing_min_cutoff: float = SMOOTHING_MIN_CUTOFF
+    smoothing_beta: float = SMOOTHING_BETA
 
     def processing(self) -> ProcessingConfig:
         return ProcessingConfig(
@@ -93,6 +99,9 @@ class NodeConfig:
             marker_lifetime=self.marker_lifetime,
             publish_debug_image=self.publish_debug_image,
             images_rectified=self.images_rectified,
+            smoothing=self.smoothing,
+            smoothing_min_cutoff=self.smoothing_min_cutoff,
+            smoothing_beta=self.smoothing_beta,
         )
 
     @property
@@ -155,6 +164,21 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
     "flip_test": (
         "Flip test: the pose network also runs on the horizontally mirrored crops (same batch) "
         "and the mirrored-back heatmaps are averaged in; doubles the network's cost",
+        False,
+    ),
+    "smoothing": (
+        "Temporal smoothing of the confident 3D joints over the image stamps: one_euro (1-euro "
+        "filter per joint coordinate) or none",
+        False,
+    ),
+    "smoothing_min_cutoff": (
+        "1-euro cut-off frequency at rest, Hz, > 0: lower = smoother with more lag "
+        f"(time constant 1 / (2 pi f): {1000 / (2 * math.pi * SMOOTHING_MIN_CUTOFF):.0f} ms at "
+        "the default)",
+        False,
+    ),
+    "smoothing_beta": (
+        "1-euro speed coefficient, s/m, >= 0: higher = less lag on fast motion, more noise",
         False,
     ),
 }
@@ -220,6 +244,18 @@ def validate_config(values: dict[str, Any], check_files: bool = True) -> NodeCon
     check(
         0.0 <= out["max_depth_spread"] <= 100.0,
         f"max_depth_spread: must be in [0, 100] metres (0 = off), got {out['max_depth_spread']}",
+    )
+    check(
+        out["smoothing"] in SMOOTHING_CHOICES,
+        f"smoothing: must be one of {SMOOTHING_CHOICES}, got {out['smoothing']!r}",
+    )
+    check(
+        0.0 < out["smoothing_min_cutoff"] <= 1000.0,
+        f"smoothing_min_cutoff: must be in (0, 1000] Hz, got {out['smoothing_min_cutoff']}",
+    )
+    check(
+        0.0 <= out["smoothing_beta"] <= 1000.0,
+        f"smoothing_beta: must be in [0, 1000] s/m, got {out['smoothing_beta']}",
     )
     device = out["device"]
     check(

@@ -9,7 +9,8 @@ worker thread.
   what is wrong (missing/uncalibrated/NaN calibration, unsupported encoding, size mismatch, ...).
   Raw (non-rectified) images are rectified here with the camera_info's K, D, R and P when
   ``images_rectified`` is false.
-* :class:`PoseProcessor`: runs the estimator on a frame and builds the output messages.
+* :class:`PoseProcessor`: runs the estimator on a frame, smooths the confident joints over time
+  (1-euro filter, ``smoothing``) and builds the output messages.
 
 Frames: the estimator returns joints in the left *rectified* frame (the frame ``P_left`` and
 ``P_right`` project from). The outputs are expressed in the left image's ``frame_id`` (the left
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from stereo_pose3d import ros_io
+from stereo_pose3d.filters import OneEuroFilter
 from stereo_pose3d.geometry import CameraModel
 from stereo_pose3d.markers import delete_all_markers, draw_debug_image, skeleton_markers
 from stereo_pose3d.ros_io import InputError
@@ -192,6 +194,16 @@ def prepare_frame(
     )
 
 
+# 1-euro filter parameters chosen by ``python -m training tune-temporal`` on synthetic training
+# clips at 30 and 15 Hz (docs/models.md, "Temporal smoothing"): a 5 Hz low-pass (time constant
+# 32 ms); a speed term (beta > 0) did not help, the depth noise itself is fast.
+SMOOTHING_MIN_CUTOFF = 5.0  # Hz
+SMOOTHING_BETA = 0.0  # s/m
+# A joint unseen for longer than this restarts from its next observation instead of blending.
+SMOOTHING_RESET_S = 0.5
+SMOOTHING_CHOICES = ("one_euro", "none")
+
+
 @dataclass
 class ProcessingConfig:
     """Output settings (all can change while running)."""
@@ -201,6 +213,10 @@ class ProcessingConfig:
     marker_lifetime: float = 0.5
     publish_debug_image: bool = False
     images_rectified: bool = True
+    # Temporal smoothing of the confident 3D joints (stereo_pose3d.filters): "one_euro" or "none".
+    smoothing: str = "one_euro"
+    smoothing_min_cutoff: float = SMOOTHING_MIN_CUTOFF
+    smoothing_beta: float = SMOOTHING_BETA
 
 
 @dataclass
@@ -290,6 +306,23 @@ class PoseProcessor:
         self.config = config or ProcessingConfig()
         self.skeleton = skeleton
         self.rectifier = Rectifier()
+        self._smoother: OneEuroFilter | None = None
+        self._smoother_params: tuple[float, float] | None = None
+
+    def smooth(self, joints: np.ndarray, confidence: np.ndarray, stamp_ns: int) -> np.ndarray:
+        """``joints (J, 3)`` m with the confident ones (``>= min_confidence``) filtered over time
+        (``config.smoothing``); the others are returned as given (they are not shown)."""
+        cfg = self.config
+        if cfg.smoothing == "none":
+            self._smoother = None
+            return joints
+        params = (cfg.smoothing_min_cutoff, cfg.smoothing_beta)
+        if self._smoother is None or self._smoother_params != params:
+            self._smoother = OneEuroFilter(*params, reset_after=SMOOTHING_RESET_S)
+            self._smoother_params = params
+        observed = np.where((confidence >= cfg.min_confidence)[:, None], joints, np.nan)
+        out = self._smoother(observed, stamp_ns * 1e-9)
+        return np.where(np.isfinite(out), out, joints)
 
     def _skeleton_for(self, names: tuple[str, ...], J: int) -> Skeleton:
         if self.skeleton is not None and self.skeleton.num_joints == J:
@@ -349,6 +382,7 @@ class PoseProcessor:
             )
         j3_rect, j2, conf, names, box = fields
         skeleton = self._skeleton_for(names, len(j3_rect))
+        j3_rect = self.smooth(j3_rect, conf, frame.stamp_ns)
         joints = j3_rect @ frame.R_left  # rows: R^T x  (left rectified -> left optical frame)
         markers = skeleton_markers(
             joints,

@@ -231,6 +231,16 @@ def test_postprocess_variants_and_report():
                              "bone_seq+kalman_cv"}  # fmt: skip
     none = evaluate_predictions(gt, variants["none"], MPII)["mpjpe_mm"]
     assert evaluate_predictions(gt, variants["bone_prior"], MPII)["mpjpe_mm"] < none
+    # Temporal variants are scored on the joints of their input: a gap stays a gap (the Kalman
+    # filter would predict through it) and no other joint is lost (a joint missing in the first
+    # frame does not blank the others).
+    X_gap = X.copy()
+    X_gap[0, 3] = np.nan
+    X_gap[4, 5] = np.nan
+    gapped, _ = postprocess_variants(gt, make_pred(gt, X_gap, uv), MPII)
+    for name in ("one_euro", "kalman_cv"):
+        finite = np.isfinite(gapped[name].joints_3d).all(-1)
+        np.testing.assert_array_equal(finite, np.isfinite(X_gap).all(-1))
     gt.time = np.arange(8) * 1.0  # sparse frames: temporal filters are skipped with a note
     variants, notes = postprocess_variants(gt, pred, MPII)
     assert "kalman_cv" not in variants and "not continuous" in notes[0]

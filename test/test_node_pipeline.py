@@ -229,6 +229,9 @@ def test_validate_config_defaults_and_every_error():
         "marker_scale": 0.0,
         "marker_lifetime": float("nan"),
         "device": "tpu",
+        "smoothing": "kalman",
+        "smoothing_min_cutoff": 0.0,
+        "smoothing_beta": -0.5,
     }
     with pytest.raises(ConfigError) as info:
         validate_config(bad, check_files=False)
@@ -300,3 +303,50 @@ def test_node_parameters_validated_at_start_and_at_run_time():
             node.destroy_node()
     finally:
         ctx.try_shutdown()
+
+
+def test_processor_smooths_confident_joints_over_time():
+    """Noisy joints of a person standing still at 30 Hz: the published joints are steadier with
+    the 1-euro filter; smoothing="none" publishes the estimator's joints as they are; joints
+    below min_confidence are passed through unfiltered; a parameter change takes effect."""
+    rng = np.random.default_rng(1)
+    conf = np.full(16, 0.9)
+    conf[3] = 0.1  # not confident: not filtered
+    noisy = [JOINTS + rng.normal(0, 0.05, JOINTS.shape) for _ in range(60)]
+
+    def run(config: ProcessingConfig) -> np.ndarray:
+        estimator = FakeEstimator(confidence=conf)
+        processor = PoseProcessor(estimator, config)
+        out = []
+        for k, joints in enumerate(noisy):
+            estimator.output = SimpleNamespace(
+                joints_3d=joints, joints_2d=None, confidence=conf,
+                joint_names=list(MPII.joint_names), box=np.zeros((2, 4)),
+            )  # fmt: skip
+            left, right = pair()
+            stamp = STAMP + int(k * 1e9 / 30)
+            for msg in (left, right):
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+            out.append(processor.process(left, right, *infos()).joints_3d)
+        return np.stack(out)
+
+    raw = run(ProcessingConfig(smoothing="none"))
+    np.testing.assert_allclose(raw, np.stack(noisy))
+    # The node's parameters reach the processor.
+    node_cfg = validate_config({"smoothing": "none", "smoothing_beta": 2}, check_files=False)
+    assert node_cfg.processing().smoothing == "none"
+    assert node_cfg.processing().smoothing_beta == 2.0
+    smooth = run(ProcessingConfig())
+    assert ProcessingConfig().smoothing == "one_euro"
+    err_raw = np.linalg.norm(raw - JOINTS, axis=-1)[20:]
+    err_smooth = np.linalg.norm(smooth - JOINTS, axis=-1)[20:]
+    confident = np.arange(16) != 3
+    assert err_smooth[:, confident].mean() < 0.8 * err_raw[:, confident].mean()
+    np.testing.assert_allclose(smooth[:, 3], raw[:, 3])
+    np.testing.assert_allclose(smooth[0], raw[0])  # the first frame is taken as is
+    steadier = run(ProcessingConfig(smoothing_min_cutoff=0.1, smoothing_beta=0.0))
+
+    def jitter(x: np.ndarray) -> float:  # mean frame-to-frame motion of the confident joints
+        return float(np.linalg.norm(np.diff(x, axis=0), axis=-1)[:, confident].mean())
+
+    assert jitter(steadier) < 0.5 * jitter(smooth) < 0.5 * jitter(raw)

@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune-cdr": ("training.train", "train / fine-tune CDRNet end to end (2D + 3D losses)"),
     "train-locator": ("training.train", "train the full-frame person locator"),
     "eval": ("training.evaluate", "evaluate a checkpoint: MPJPE tables, floor, figures"),
+    "tune-temporal": (
+        "training.tune_temporal",
+        "choose the temporal filter's parameters on continuous video",
+    ),
     "export": ("training.export", "write the node's checkpoint format"),
     "demo": ("training.demo", "end-to-end demo: synthetic bag -> node -> markers, MPJPE, picture"),
 }

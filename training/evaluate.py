@@ -341,6 +341,10 @@ def triangulation_floor(
 # --------------------------------------------------------------------------------------------
 
 
+# Constant-velocity Kalman filter (accel_std m/s^2, meas_std m), chosen by tune-temporal.
+KALMAN_PARAMS = (100.0, 0.4)
+
+
 def _sequences(gt: GroundTruth) -> list[np.ndarray]:
     """Sample indices of each sequence, in time order."""
     groups: dict[str, list[int]] = defaultdict(list)
@@ -356,8 +360,8 @@ def postprocess_variants(
     pred: Predictions,
     skeleton: Skeleton,
     bone_prior: np.ndarray | None = None,
-    euro: tuple[float, float] = (1.5, 1.5),
-    kalman: tuple[float, float] = (5.0, 0.03),
+    euro: tuple[float, float] | None = None,
+    kalman: tuple[float, float] = KALMAN_PARAMS,
     max_dt: float = 0.1,
 ) -> tuple[dict[str, Predictions], list[str]]:
     """The post-processed versions of ``pred`` to compare (name -> Predictions), and notes.
@@ -366,14 +370,20 @@ def postprocess_variants(
     against the 2D detections; ``bone_prior``: the same with fixed lengths ``bone_prior (B,)``;
     ``one_euro`` / ``kalman_cv``: temporal filters of the raw 3D; ``bone_seq+kalman_cv``.
     Temporal filters are skipped (with a note) when the sequences are not continuous video
-    (median time step above ``max_dt`` seconds, e.g. the synthetic set's sparse frames).
+    (median time step above ``max_dt`` seconds, e.g. the synthetic set's sparse frames). Their
+    output keeps only the joints of their input (the Kalman filter predicts through gaps), so
+    each variant is scored on the same joints. ``euro``: (min_cutoff Hz, beta s/m), default the
+    node's; ``kalman``: (accel_std m/s^2, meas_std m), both chosen by ``tune-temporal``.
     """
+    from stereo_pose3d.pipeline import SMOOTHING_BETA, SMOOTHING_MIN_CUTOFF, SMOOTHING_RESET_S
     from training.postprocess import (
         kalman_cv_sequence,
         one_euro_sequence,
         refine_bone_lengths,
         sequence_bone_lengths,
     )
+
+    euro = euro or (SMOOTHING_MIN_CUTOFF, SMOOTHING_BETA)
 
     bones = skeleton.bones
     X = np.where(pred.detected[:, None, None], pred.joints_3d, np.nan)
@@ -396,10 +406,10 @@ def postprocess_variants(
         for idx in seqs:
             t = gt.time[idx]
             if kind == "euro":
-                out[idx] = one_euro_sequence(source[idx], t, *euro)
+                out[idx] = one_euro_sequence(source[idx], t, *euro, reset_after=SMOOTHING_RESET_S)
             else:
                 out[idx] = kalman_cv_sequence(source[idx], t, *kalman)
-        return out
+        return np.where(np.isfinite(source), out, np.nan)
 
     steps = np.concatenate([np.diff(gt.time[idx]) for idx in seqs if len(idx) > 1] or [[]])
     notes = []

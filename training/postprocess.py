@@ -5,7 +5,8 @@ per pixel of disparity error). Two cheap remedies, evaluated by ``python -m trai
 
 * **Temporal filtering** of a sequence (causal, usable live):
   :class:`OneEuroFilter` / :func:`one_euro_sequence` (Casiez et al., CHI 2012: an adaptive
-  low-pass whose cut-off rises with speed) and :func:`kalman_cv_sequence` (a constant-velocity
+  low-pass whose cut-off rises with speed; defined in :mod:`stereo_pose3d.filters`, which the
+  node uses too) and :func:`kalman_cv_sequence` (a constant-velocity
   Kalman filter per coordinate; ``smooth=True`` adds the offline Rauch-Tung-Striebel pass).
 * **Bone-length-consistent refinement** (:func:`refine_bone_lengths`): the pose closest to the
   observations whose bones have given lengths, as a soft constraint. The observations are the
@@ -20,12 +21,13 @@ All functions take numpy arrays in metres (3D), pixels (2D) and seconds; joints 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from stereo_pose3d.filters import OneEuroFilter, one_euro_sequence
 
 __all__ = [
     "OneEuroFilter",
@@ -41,66 +43,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Temporal filters
 # --------------------------------------------------------------------------------------------
-
-
-def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
-    tau = 1.0 / (2.0 * math.pi * np.asarray(cutoff))
-    return 1.0 / (1.0 + tau / dt)
-
-
-class OneEuroFilter:
-    """The 1-euro filter on arrays of any fixed shape (element-wise).
-
-    Args:
-        min_cutoff: cut-off frequency at rest (Hz); lower = smoother, more lag.
-        beta: speed coefficient (per unit/s of the signal); higher = less lag on fast motion.
-        d_cutoff: cut-off of the derivative estimate (Hz).
-
-    NaN inputs (missing detections) are skipped: the state is kept and NaN returned.
-    """
-
-    def __init__(self, min_cutoff: float = 1.5, beta: float = 1.5, d_cutoff: float = 1.0) -> None:
-        self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
-        self.reset()
-
-    def reset(self) -> None:
-        self._x: np.ndarray | None = None
-        self._dx: np.ndarray | None = None
-        self._t: float | None = None
-
-    def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if not np.all(np.isfinite(x)):
-            ok = np.isfinite(x)
-            if self._x is None or not ok.any():
-                return np.full_like(x, np.nan)
-            filled = np.where(ok, x, self._x)
-            out = self(filled, t)
-            return np.where(ok, out, np.nan)
-        if self._x is None or self._t is None or t <= self._t:
-            self._x, self._dx, self._t = x.copy(), np.zeros_like(x), float(t)
-            return x.copy()
-        dt = float(t) - self._t
-        dx = (x - self._x) / dt
-        a_d = _alpha(self.d_cutoff, dt)
-        dx_hat = a_d * dx + (1 - a_d) * self._dx
-        cutoff = self.min_cutoff + self.beta * np.abs(dx_hat)
-        a = _alpha(cutoff, dt)
-        x_hat = a * x + (1 - a) * self._x
-        self._x, self._dx, self._t = x_hat, dx_hat, float(t)
-        return x_hat.copy()
-
-
-def one_euro_sequence(
-    points: np.ndarray,
-    times: np.ndarray,
-    min_cutoff: float = 1.5,
-    beta: float = 1.5,
-    d_cutoff: float = 1.0,
-) -> np.ndarray:
-    """Filter a sequence ``points (T, J, 3)`` sampled at ``times (T,)`` seconds (causal)."""
-    f = OneEuroFilter(min_cutoff, beta, d_cutoff)
-    return np.stack([f(p, t) for p, t in zip(points, times, strict=True)])
 
 
 def kalman_cv_sequence(
