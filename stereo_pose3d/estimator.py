@@ -17,6 +17,14 @@ Pipeline per stereo pair (both views batched together at every step):
    With ``stereo_box_matching`` (rectified pairs), the right box is then replaced by the left
    box shifted by the disparity at which the left box's patch best matches the right image
    along the same rows (:func:`match_stereo_box`), unless that match is weak.
+   With ``locator_candidates`` > 1 (default 2; rectified pairs, not while tracking), the
+   locator's next local maxima in the left view (3x3 peaks of its centre map, score at least
+   ``score_threshold``), each paired with a right-view peak on the same rows and put through the
+   box matching like the best box, are also cropped and run through the pose network (steps
+   2-4, one extra batch for all of them); per pair the candidate with the highest mean per-view
+   joint confidence is kept (the best box on ties). This recovers frames where the best box is
+   an object, a partial body or an occluder; with two people in view it keeps the one the
+   network is more confident on, not necessarily the same one from frame to frame.
 2. **Crop**: the two boxes become squares of one side (same rows for a rectified pair), padded by
    ``crop_scale``, cut with :func:`~stereo_pose3d.models.crops.make_crop`; ``P_crop = A @ P``.
 3. **Network**: the pose network (CDRNet or baseline) gives heatmaps, 2D joints and
@@ -27,7 +35,8 @@ Pipeline per stereo pair (both views batched together at every step):
 4. **Triangulate**: weighted DLT (float32) in the frame ``P_left``/``P_right`` project from.
 5. **Refine** (``refine_iterations`` > 0, default 0): the triangulated joints are projected into
    both views, their bounds (plus ``REFINE_BOX_MARGIN``) become the boxes of steps 2-4, run
-   again; a pass that is degenerate or worse (fewer valid joints, non-finite output) is dropped.
+   again; a pass whose boxes are degenerate, whose output is non-finite or whose mean per-view
+   joint confidence is lower than the previous pass's is dropped.
    Measured on the synthetic validation set with the shipped weights it does not fix the full
    path's depth error: the network's 2D disparity follows the crops' offset almost exactly, so
    boxes built from its own output reproduce the first pass's disparity (see docs/models.md).
@@ -55,7 +64,7 @@ import torch
 
 from stereo_pose3d.checkpoint import load_model
 from stereo_pose3d.geometry import project
-from stereo_pose3d.models.config import DEFAULT_ESTIMATOR
+from stereo_pose3d.models.config import DEFAULT_ESTIMATOR, MAX_LOCATOR_CANDIDATES
 from stereo_pose3d.models.crops import (
     box_from_joints,
     crop_regions,
@@ -77,6 +86,13 @@ REFINE_BOX_MARGIN = 0.05
 REFINE_MIN_JOINTS = 4  # fewer valid joints in front of both cameras: no refinement
 REFINE_MIN_CONFIDENCE = 0.2  # joints used for the box (all valid ones if fewer than the above)
 REFINE_MAX_SCALE_CHANGE = 2.0  # refined box side / previous side outside [1/x, x]: degenerate
+
+# Person candidates (``locator_candidates``): a left-view peak of the locator other than the
+# best is paired with the right view's peak (among the ``locator_candidates`` +
+# CANDIDATE_EXTRA_PEAKS best) whose box centre is nearest in rows, within this fraction of the
+# left box's height, with a disparity at most MATCH_BEHIND px beyond infinite depth.
+CANDIDATE_EXTRA_PEAKS = 2
+CANDIDATE_MAX_ROW_OFFSET = 0.25
 
 
 # Stereo box matching (``stereo_box_matching``): the right view's box is the left box shifted
@@ -150,21 +166,12 @@ def match_stereo_box(
     try:
         with np.errstate(all="ignore"):
             rectified = is_rectified_pair(P)
-        if not rectified:
-            return None, nan, nan
-        # Disparity along the left ray through the box centre: d_inf at infinite depth, and on
-        # which side of it finite depths lie (sign of d - d_inf).
-        u, v = (box_left[0] + box_left[2]) / 2, (box_left[1] + box_left[3]) / 2
-        M_inv = np.linalg.inv(P[0, :, :3])
-        ray = M_inv @ np.array([u, v, 1.0])
-        centre = -M_inv @ P[0, :, 3]
-        far = P[1] @ np.append(ray, 0.0)
-        near = P[1] @ np.append(centre + ray, 1.0)
     except (np.linalg.LinAlgError, ValueError):
         return None, nan, nan
-    with np.errstate(all="ignore"):
-        d_inf = u - far[0] / far[2]
-        side = float(np.sign(u - near[0] / near[2] - d_inf))
+    if not rectified:
+        return None, nan, nan
+    u, v = (box_left[0] + box_left[2]) / 2, (box_left[1] + box_left[3]) / 2
+    d_inf, side = _disparity_at_infinity(P, u, v)
     if not (np.isfinite(d_inf) and side != 0):
         return None, nan, nan
     # Template: the left box (plus margin), clipped to the image.
@@ -224,6 +231,27 @@ def match_stereo_box(
     return box_left - np.array([d, 0.0, d, 0.0]), d, peak
 
 
+def _disparity_at_infinity(P: np.ndarray, u: float, v: float) -> tuple[float, float]:
+    """Along the left ray through pixel ``(u, v)`` of the pair ``P (2, 3, 4)``: the disparity
+    ``d = x_left - x_right`` of a point at infinite depth, and on which side of it finite depths
+    lie (the sign of ``d - d_inf``: +1 for the usual pair, right camera to the right). ``(nan,
+    0.0)`` when P cannot say (singular, non-finite)."""
+    try:
+        M_inv = np.linalg.inv(P[0, :, :3])
+        ray = M_inv @ np.array([u, v, 1.0])
+        centre = -M_inv @ P[0, :, 3]
+        far = P[1] @ np.append(ray, 0.0)
+        near = P[1] @ np.append(centre + ray, 1.0)
+    except (np.linalg.LinAlgError, ValueError):
+        return float("nan"), 0.0
+    with np.errstate(all="ignore"):
+        d_inf = float(u - far[0] / far[2])
+        side = float(np.sign(u - near[0] / near[2] - d_inf))
+    if not (np.isfinite(d_inf) and np.isfinite(side)):
+        return float("nan"), 0.0
+    return d_inf, side
+
+
 def _ncc_scores(strip: np.ndarray, template: np.ndarray) -> np.ndarray | None:
     """Zero-mean NCC of ``template`` at every horizontal position in ``strip`` (same height);
     non-finite scores (flat windows) become -inf; None if OpenCV refuses the sizes."""
@@ -265,7 +293,9 @@ class Pose3D:
         view_confidence: ``(2, J)`` per-view confidence.
         valid: ``(J,)`` bool, triangulation not degenerate.
         score: locator score (min over the views; NaN when tracked).
-        source: ``"locator"``, ``"tracking"`` or ``"none"``: where the first pass's box came from.
+        source: ``"locator"``, ``"tracking"`` or ``"none"``: where the first pass's box came from;
+            ``"locator2"``, ``"locator3"``, ...: the locator's 2nd, 3rd, ... left-view peak
+            (``locator_candidates``) gave the kept pose.
         refined: number of accepted refinement passes (``refine_iterations``); when > 0, ``box``
             and ``crop_boxes`` are the last accepted pass's (from the reprojected 3D joints).
         box_matched: True when the right view's box was placed by stereo box matching
@@ -278,7 +308,10 @@ class Pose3D:
             crops); with ``refine_iterations > 0`` the extra key ``refinement`` is the
             wall-clock time of all refinement passes (already inside those, not an extra part
             of ``total``); with ``stereo_box_matching`` the extra key ``box_matching`` is the
-            matching's wall-clock time (inside ``preprocess``).
+            matching's wall-clock time (inside ``preprocess``); with ``locator_candidates > 1``
+            the extra key ``candidates`` is the wall-clock time of pairing, matching and running
+            the extra candidates (already inside the other keys, not an extra part of
+            ``total``).
     """
 
     joints_3d: np.ndarray
@@ -374,6 +407,22 @@ def depth_gate(
         return usable & (np.abs(depth - median) <= max_spread) | (valid & ~usable)
 
 
+def _finite_pass(result: dict[str, np.ndarray]) -> bool:
+    """A pose pass whose valid 3D joints, 2D detections and confidences are all finite."""
+    return bool(
+        np.isfinite(result["joints_3d"][result["valid"]]).all()
+        and np.isfinite(result["joints_2d_detected"]).all()
+        and np.isfinite(result["view_confidence"]).all()
+    )
+
+
+def _pass_confidence(result: dict[str, np.ndarray]) -> float:
+    """A pose pass's mean per-view joint confidence (both views, all joints; before the depth
+    gate): how sure the network is that its crops hold a person. Picks between candidates and
+    refinement passes."""
+    return float(np.mean(result["view_confidence"]))
+
+
 class StereoPoseEstimator:
     """3D human pose from calibrated stereo pairs (see the module docstring)."""
 
@@ -402,6 +451,7 @@ class StereoPoseEstimator:
         self.stereo_box_matching = self.settings["stereo_box_matching"]  # checks the type
         self.max_depth_spread = self.settings["max_depth_spread"]  # checks the value
         self.flip_test = self.settings["flip_test"]  # checks the type
+        self.locator_candidates = self.settings["locator_candidates"]  # checks the value
         self.pose_net = system.pose.eval().to(self.device, memory_format=torch.channels_last)
         self.locator = system.locator.eval().to(self.device, memory_format=torch.channels_last)
         pose_cfg, loc_cfg = system.config["pose"], system.config["locator"]
@@ -472,6 +522,25 @@ class StereoPoseEstimator:
             raise ValueError(f"flip_test must be true or false, got {value!r}")
         self.settings["flip_test"] = bool(value)
 
+    @property
+    def locator_candidates(self) -> int:
+        """Person candidates per pair (the locator's best left-view peaks, 1 = the best box
+        only; see :meth:`from_checkpoint`); assignable between calls."""
+        return self.settings["locator_candidates"]
+
+    @locator_candidates.setter
+    def locator_candidates(self, value: int) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 1 <= value <= MAX_LOCATOR_CANDIDATES
+        ):
+            raise ValueError(
+                f"locator_candidates must be an integer in [1, {MAX_LOCATOR_CANDIDATES}], "
+                f"got {value!r}"
+            )
+        self.settings["locator_candidates"] = int(value)
+
     @stereo_box_matching.setter
     def stereo_box_matching(self, value: bool) -> None:
         if not isinstance(value, (bool, np.bool_)):
@@ -494,7 +563,27 @@ class StereoPoseEstimator:
 
         ``settings`` override the checkpoint's estimator settings (``crop_scale``,
         ``score_threshold``, ``min_pose_confidence``, ``min_box_fraction``, ``tracking``,
-        ``track_confidence``, ``stereo_box_matching``, ``max_depth_spread``, ``flip_test``).
+        ``track_confidence``, ``stereo_box_matching``, ``max_depth_spread``, ``flip_test``,
+        ``locator_candidates``).
+
+        ``locator_candidates`` (integer in ``[1, MAX_LOCATOR_CANDIDATES]``, default 2): how many
+        of the locator's left-view peaks may become person candidates. The best box is the
+        first; each further local maximum of the left centre map (3x3 peaks,
+        :meth:`~stereo_pose3d.models.locator.PersonLocator.decode_topk`) scoring at least
+        ``score_threshold`` is paired with the right view's peak (among the
+        ``locator_candidates + CANDIDATE_EXTRA_PEAKS`` best, score at least
+        ``score_threshold``) whose box centre is nearest in rows, within
+        ``CANDIDATE_MAX_ROW_OFFSET`` x the left box height and at most ``MATCH_BEHIND`` px
+        beyond the disparity of infinite depth; with ``stereo_box_matching`` its right box is
+        then matched like the best box's. All candidates of a call run through the pose network
+        in one extra batch after the first pass, and per pair the candidate whose mean per-view
+        joint confidence (before the depth gate) is highest is kept, with its box, score,
+        ``box_matched`` and ``source`` (``"locator2"``, ...); tracking follows it. Only for
+        rectified pairs whose best boxes were found by the locator (a tracked box has no
+        candidates); a pair without such a peak costs only the pairing (well under a
+        millisecond). 1 gives exactly the best-box-only output.
+        Caveat: it assumes one person; with two people in view it keeps the one the network is
+        more confident on, which can change from frame to frame.
 
         ``flip_test`` (bool, default False): flip test-time augmentation (Simple Baselines).
         Both views' crops are also mirrored horizontally (with mirrored cameras and the two views
@@ -521,9 +610,9 @@ class StereoPoseEstimator:
         padded by ``REFINE_BOX_MARGIN`` as the person boxes, crops them with the usual rule
         (common square side, same rows for a rectified pair, ``crop_scale``,
         ``min_box_fraction``), and runs the pose network and the DLT again: one more network
-        pass per pair and iteration. A pass whose boxes cannot be built or whose result is
-        worse (fewer valid joints, non-finite output) is dropped and the previous result kept.
-        0 gives exactly the single-pass output.
+        pass per pair and iteration. A pass whose boxes cannot be built, whose output is
+        non-finite or whose mean per-view joint confidence is lower than the previous pass's is
+        dropped and the previous result kept. 0 gives exactly the single-pass output.
 
         Raises:
             stereo_pose3d.checkpoint.CheckpointError: unusable file. ValueError: bad device.
@@ -562,15 +651,22 @@ class StereoPoseEstimator:
     def locate(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Run the locator on full frames: ``boxes (N, 4)`` xyxy full-frame px, ``scores (N,)``."""
         boxes, scores, _ = self._locate([_check_image(im, "image") for im in images])
-        return boxes, scores
+        return boxes[:, 0], scores[:, 0]
 
-    def _locate(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    def _locate(self, images: list[np.ndarray], k: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+        """The locator on full frames: ``boxes (N, k, 4)`` xyxy full-frame px and ``scores (N,
+        k)`` of the ``k`` best peaks per image, best first (NaN past the last peak; ``k = 1``:
+        :meth:`PersonLocator.decode`'s box), and the locator's seconds."""
         boxed = [letterbox(im, self.locator_size) for im in images]
         x = self._to_tensor([b[0] for b in boxed], "locator")
         t0 = self._sync()
         with self._autocast():
             out = self.locator(x)
-        boxes_t, scores_t = self.locator.decode(out)
+        if k == 1:
+            boxes_t, scores_t = self.locator.decode(out)
+            boxes_t, scores_t = boxes_t[:, None], scores_t[:, None]
+        else:
+            boxes_t, scores_t = self.locator.decode_topk(out, k)
         boxes_lb = boxes_t.float().cpu().numpy().astype(np.float64)
         t1 = self._sync()
         inverses = [np.linalg.inv(A) for _, A in boxed]
@@ -646,12 +742,19 @@ class StereoPoseEstimator:
             if all(self._box_ok(tracked[v], images[0][v].shape) for v in range(2)):
                 boxes[0], source[0] = tracked, "tracking"
         todo = [i for i in range(n) if source[i] == "locator"]
+        n_cand = self.locator_candidates
+        peaks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # pair -> (2, k, 4), (2, k)
         if todo:
             flat = [im for i in todo for im in images[i]]
-            found, found_scores, t_loc = self._locate(flat)
+            k = n_cand + CANDIDATE_EXTRA_PEAKS if n_cand > 1 else 1
+            found, found_scores, t_loc = self._locate(flat, k)
             timings["locator"] = t_loc
-            boxes[todo] = found.reshape(len(todo), 2, 4)
-            scores[todo] = found_scores.reshape(len(todo), 2).min(axis=1)
+            found = found.reshape(len(todo), 2, k, 4)
+            found_scores = found_scores.reshape(len(todo), 2, k)
+            boxes[todo] = found[:, :, 0]
+            scores[todo] = found_scores[:, :, 0].min(axis=1)
+            if n_cand > 1:
+                peaks = {i: (found[j], found_scores[j]) for j, i in enumerate(todo)}
         detected = []
         for i in range(n):
             ok = source[i] == "tracking" or scores[i] >= self.settings["score_threshold"]
@@ -674,6 +777,14 @@ class StereoPoseEstimator:
         refined = dict.fromkeys(det, 0)
         if det:
             passes = self._pose_pass(images, projections, boxes, det, timings)
+        if n_cand > 1:
+            timings["candidates"] = 0.0  # also when the locator did not run (tracking)
+            if cand := [i for i in det if i in peaks]:
+                t_cand = self._sync()
+                self._run_candidates(
+                    images, projections, cand, peaks, passes, scores, source, matched, timings
+                )
+                timings["candidates"] = self._sync() - t_cand
         t_refine = self._sync() if self.refine_iterations else 0.0
         for _ in range(self.refine_iterations):
             new_boxes = {
@@ -735,6 +846,93 @@ class StereoPoseEstimator:
             )
             self._track = (best.joints_2d, best.confidence) if keep else None
         return poses
+
+    def _run_candidates(
+        self,
+        images,
+        projections,
+        idx: list[int],
+        peaks,
+        passes,
+        scores,
+        source,
+        matched,
+        timings: dict[str, float],
+    ) -> None:
+        """``locator_candidates``: run the further candidates of the pairs ``idx`` (whose first
+        pass is ``passes[i]``) in one pose pass and keep, per pair, the pass with the highest
+        mean per-view joint confidence; updates ``passes``, ``scores``, ``source`` and
+        ``matched`` in place."""
+        boxes, owner = {}, {}
+        for i in idx:
+            for rank, pair, score, was_matched in self._candidate_pairs(
+                images[i], projections[i], *peaks[i]
+            ):
+                boxes[len(owner)] = pair
+                owner[len(owner)] = (i, rank, score, was_matched)
+        if not boxes:
+            return
+        keys = list(boxes)
+        pair_images = {c: images[owner[c][0]] for c in keys}
+        pair_projections = {c: projections[owner[c][0]] for c in keys}
+        results = self._pose_pass(pair_images, pair_projections, boxes, keys, timings)
+        for c in keys:
+            i, rank, score, was_matched = owner[c]
+            new = results[c]
+            if _finite_pass(new) and _pass_confidence(new) > _pass_confidence(passes[i]):
+                passes[i] = new
+                scores[i], source[i], matched[i] = score, f"locator{rank + 1}", was_matched
+
+    def _candidate_pairs(
+        self,
+        images: tuple[np.ndarray, np.ndarray],
+        P: np.ndarray,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+    ) -> list[tuple[int, np.ndarray, float, bool]]:
+        """A pair's further person candidates from its locator peaks ``boxes (2, k, 4)``,
+        ``scores (2, k)`` (full-frame px, best first per view): ``(rank of the left peak, boxes
+        (2, 4), score = min of the two peaks', box_matched)`` for each left peak of rank 1 to
+        ``locator_candidates - 1`` scoring at least ``score_threshold`` that pairs with a right
+        peak (see :meth:`from_checkpoint`); none for a pair that is not rectified."""
+        threshold = self.settings["score_threshold"]
+        with np.errstate(all="ignore"):
+            if not is_rectified_pair(P):
+                return []
+        out = []
+        right_ok = (scores[1] >= threshold) & np.isfinite(boxes[1]).all(axis=1)
+        right_cx = (boxes[1, :, 0] + boxes[1, :, 2]) / 2
+        right_cy = (boxes[1, :, 1] + boxes[1, :, 3]) / 2
+        for rank in range(1, self.locator_candidates):
+            box_left = boxes[0, rank]
+            if not scores[0, rank] >= threshold:
+                break  # the peaks are in descending order (NaN: no more peaks)
+            if not self._box_ok(box_left, images[0].shape):
+                continue
+            cx, cy = (box_left[0] + box_left[2]) / 2, (box_left[1] + box_left[3]) / 2
+            d_inf, side = _disparity_at_infinity(P, cx, cy)
+            if not (np.isfinite(d_inf) and side != 0):
+                continue
+            with np.errstate(invalid="ignore"):
+                rows = np.abs(right_cy - cy)
+                fits = (
+                    right_ok
+                    & (rows < CANDIDATE_MAX_ROW_OFFSET * (box_left[3] - box_left[1]))
+                    & (side * (cx - right_cx - d_inf) > -MATCH_BEHIND)
+                )
+            if not fits.any():
+                continue
+            j = int(np.argmin(np.where(fits, rows, np.inf)))
+            box_right, was_matched = boxes[1, j], False
+            if self.stereo_box_matching:
+                box, _, _ = match_stereo_box(images[0], images[1], box_left, box_right, P)
+                if box is not None and self._box_ok(box, images[1].shape):
+                    box_right, was_matched = box, True
+            if not self._box_ok(box_right, images[1].shape):
+                continue
+            score = float(min(scores[0, rank], scores[1, j]))
+            out.append((rank, np.stack([box_left, box_right]), score, was_matched))
+        return out
 
     def _pose_pass(
         self, images, projections, boxes, idx: list[int], timings: dict[str, float]
@@ -830,13 +1028,10 @@ class StereoPoseEstimator:
 
     @staticmethod
     def _refinement_ok(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> bool:
-        """Keep a refined pass unless it is worse by the estimator's own measures: fewer valid
-        joints, or non-finite joints / confidences."""
-        if not np.isfinite(new["joints_3d"][new["valid"]]).all():
-            return False
-        if not np.isfinite(new["view_confidence"]).all():
-            return False
-        return bool(new["valid"].sum() >= old["valid"].sum())
+        """Keep a refined pass unless it is worse by the estimator's own measure, the mean
+        per-view joint confidence (lower than the previous pass's), or has non-finite valid
+        joints, 2D detections or confidences."""
+        return _finite_pass(new) and _pass_confidence(new) >= _pass_confidence(old)
 
     def _no_person(self, score: float) -> Pose3D:
         J = len(self.joint_names)

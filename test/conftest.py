@@ -124,12 +124,23 @@ def fixture_checkpoint(make_fixture_checkpoint) -> Path:
     return make_fixture_checkpoint()
 
 
-def patch_locator(monkeypatch, estimator, boxes: np.ndarray) -> None:
+def patch_locator(monkeypatch, estimator, boxes: np.ndarray, scores=None) -> None:
     """Make ``estimator``'s person locator return ``boxes (2, 4)`` (xyxy px, left and right)
-    with score 1 for every pair of a call."""
+    with score 1 for every pair of a call, and no further peaks (``locator_candidates``).
 
-    def fake_locate(images):
+    ``boxes (2, m, 4)`` with ``scores (2, m)``: the ``m`` peaks per view, best first (what
+    ``PersonLocator.decode_topk`` would give), cut or NaN-padded to the ``k`` asked for."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim == 2:
+        boxes, scores = boxes[:, None], np.ones((2, 1))
+    scores = np.asarray(scores, dtype=np.float64)
+
+    def fake_locate(images, k=1):
         n = len(images) // 2
-        return np.tile(boxes, (n, 1)), np.ones(2 * n), 0.0
+        m = min(k, boxes.shape[1])
+        b = np.full((2, k, 4), np.nan)
+        s = np.full((2, k), np.nan)
+        b[:, :m], s[:, :m] = boxes[:, :m], scores[:, :m]
+        return np.tile(b, (n, 1, 1)), np.tile(s, (n, 1)), 0.0
 
     monkeypatch.setattr(estimator, "_locate", fake_locate)

@@ -43,6 +43,8 @@ RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 POSE_ARCHITECTURES = ("cdrnet", "baseline")
 ARCHITECTURES = (*POSE_ARCHITECTURES, "locator", "system")
 
+MAX_LOCATOR_CANDIDATES = 5  # largest accepted estimator setting locator_candidates
+
 DEFAULT_ESTIMATOR: dict[str, Any] = {
     # Crop side = crop_scale * max(box width, box height) of the located person.
     "crop_scale": 1.25,
@@ -58,6 +60,13 @@ DEFAULT_ESTIMATOR: dict[str, Any] = {
     "track_confidence": 0.5,
     # Stereo-consistent box refinement passes (re-crop around the reprojected 3D joints), 0-10.
     "refine_iterations": 0,
+    # Person candidates per pair, 1-5: besides the locator's best box, its next local maxima in
+    # the left view (score >= score_threshold, each paired with a right-view peak on the same
+    # rows) are run through the pose network too (one extra batch) and the candidate with the
+    # highest mean joint confidence is kept; it recovers frames where the best box is an object,
+    # a partial body or an occluder. With two people in view it keeps the one the network is
+    # more confident on. 1 = the best box only.
+    "locator_candidates": 2,
     # Rectified pairs: the right box = the left box shifted by the disparity that best matches
     # the left box's image patch along the same rows (NCC); the locator's box when that is weak.
     "stereo_box_matching": True,
@@ -192,6 +201,16 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
         if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
             raise ConfigError(
                 f"{where}.estimator.refine_iterations must be an integer >= 0, got {refine!r}"
+            )
+        candidates = settings["locator_candidates"]
+        if (
+            isinstance(candidates, bool)
+            or not isinstance(candidates, int)
+            or not 1 <= candidates <= MAX_LOCATOR_CANDIDATES
+        ):
+            raise ConfigError(
+                f"{where}.estimator.locator_candidates must be an integer in "
+                f"[1, {MAX_LOCATOR_CANDIDATES}], got {candidates!r}"
             )
         if not isinstance(settings["stereo_box_matching"], bool):
             raise ConfigError(

@@ -16,6 +16,8 @@ Output dict (all at stride ``s``, ``(h, w) = (H/s, W/s)``):
 Decoding (:meth:`PersonLocator.decode`): the most likely cell ``(u, v)``; centre
 ``((u + dx) s + (s-1)/2, (v + dy) s + (s-1)/2)`` input pixels; size ``exp(size) * s``; score
 ``sigmoid(centre logit)`` at that cell. "No person" is ``score < threshold``.
+:meth:`PersonLocator.decode_topk` decodes the ``k`` best local maxima (3x3 max-pool peaks, as
+CenterNet) the same way; the estimator's ``locator_candidates`` uses them.
 
 Training (:func:`locator_targets`, :func:`locator_loss`): targets from the ground-truth box in
 locator input pixels (``dataset box`` mapped by the letterbox affine) and a "person present"
@@ -75,6 +77,45 @@ class PersonLocator(nn.Module):
         cy = (v + offset[:, 1]) * s + (s - 1) / 2
         bw, bh = size[:, 0] * s, size[:, 1] * s
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
+        return boxes, scores
+
+    def decode_topk(
+        self, outputs: dict[str, torch.Tensor], k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best local maxima of the centre map per image, best first: ``boxes (N, k,
+        4)`` xyxy in locator input pixels, ``scores (N, k)``.
+
+        A cell is a local maximum when it equals the 3x3 max-pool of the centre logits around it
+        (CenterNet's peak extraction, instead of box NMS); peaks are ranked by logit (ties: the
+        lower flat index first, as ``argmax``) and each is decoded exactly as :meth:`decode`
+        decodes its cell, so ``k = 1`` gives :meth:`decode`'s output. Ranks past the number of
+        local maxima are NaN (box and score).
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        centre = outputs["centre"][:, 0]
+        N, h, w = centre.shape
+        pooled = nn.functional.max_pool2d(centre[:, None], 3, stride=1, padding=1)[:, 0]
+        peaks = torch.where(centre == pooled, centre, torch.full_like(centre, -torch.inf))
+        order = torch.sort(peaks.reshape(N, -1), dim=1, descending=True, stable=True).indices
+        best = order[:, : min(k, h * w)]  # (N, k')
+        kk = best.shape[1]
+        found = torch.isfinite(peaks.reshape(N, -1).gather(1, best))
+        scores = torch.sigmoid(centre.reshape(N, -1).gather(1, best))
+        v, u = best // w, best % w
+        idx = best[:, None, :].expand(N, 2, kk)
+        offset = outputs["offset"].reshape(N, 2, -1).gather(2, idx)
+        size = outputs["size"].reshape(N, 2, -1).gather(2, idx).clamp(-5, 5).exp()
+        s = self.stride
+        cx = (u + offset[:, 0]) * s + (s - 1) / 2
+        cy = (v + offset[:, 1]) * s + (s - 1) / 2
+        bw, bh = size[:, 0] * s, size[:, 1] * s
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2)
+        boxes = torch.where(found[..., None], boxes, torch.nan)
+        scores = torch.where(found, scores, torch.nan)
+        if kk < k:
+            boxes = torch.cat([boxes, boxes.new_full((N, k - kk, 4), torch.nan)], dim=1)
+            scores = torch.cat([scores, scores.new_full((N, k - kk), torch.nan)], dim=1)
         return boxes, scores
 
 
