@@ -57,6 +57,19 @@ RECENT_ERROR_S = 10.0
 # Largest refine_iterations (= stereo_pose3d.estimator.MAX_REFINE_ITERATIONS; not imported here
 # so that the parameter checks do not load torch).
 MAX_REFINE_ITERATIONS = 10
+# Largest locator_candidates (= stereo_pose3d.models.config.MAX_LOCATOR_CANDIDATES; same reason).
+MAX_LOCATOR_CANDIDATES = 5
+
+
+# Node parameters that are estimator settings (stereo_pose3d.models.config.DEFAULT_ESTIMATOR):
+# passed to the estimator at start and on every change.
+ESTIMATOR_PARAMETERS = (
+    "refine_iterations",
+    "locator_candidates",
+    "stereo_box_matching",
+    "max_depth_spread",
+    "flip_test",
+)
 
 
 class ConfigError(ValueError):
@@ -85,6 +98,7 @@ class NodeConfig:
     images_rectified: bool = True
     diagnostics_period: float = 1.0
     refine_iterations: int = 0
+    locator_candidates: int = 2
     stereo_box_matching: bool = True
     max_depth_spread: float = 1.0
     flip_test: bool = False
@@ -146,6 +160,14 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
         f"Stereo-consistent box refinement passes per pair, integer in [0, "
         f"{MAX_REFINE_ITERATIONS}]: re-crop both views around the projected 3D joints and run "
         "the network again (each pass costs about one more network run); 0 = off",
+        False,
+    ),
+    "locator_candidates": (
+        f"Person candidates per pair, integer in [1, {MAX_LOCATOR_CANDIDATES}]: besides the "
+        "locator's best peak, its next peaks (left view, paired on the same rows of the right "
+        "view) also go through the pose network when they score above the threshold, and the "
+        "candidate the network is most confident on is kept (one more network run on the pairs "
+        "that have one); 1 = the best peak only",
         False,
     ),
     "stereo_box_matching": (
@@ -240,6 +262,11 @@ def validate_config(values: dict[str, Any], check_files: bool = True) -> NodeCon
         0 <= out["refine_iterations"] <= MAX_REFINE_ITERATIONS,
         f"refine_iterations: must be an integer in [0, {MAX_REFINE_ITERATIONS}], "
         f"got {out['refine_iterations']}",
+    )
+    check(
+        1 <= out["locator_candidates"] <= MAX_LOCATOR_CANDIDATES,
+        f"locator_candidates: must be an integer in [1, {MAX_LOCATOR_CANDIDATES}], "
+        f"got {out['locator_candidates']}",
     )
     check(
         0.0 <= out["max_depth_spread"] <= 100.0,
@@ -406,8 +433,8 @@ class PairItem:
 
 
 def load_estimator(config: NodeConfig) -> Any:
-    """``StereoPoseEstimator.from_checkpoint(weights, device, refine_iterations,
-    stereo_box_matching, max_depth_spread, flip_test)`` with errors as ConfigError."""
+    """``StereoPoseEstimator.from_checkpoint(weights, device, ...)`` with the estimator options
+    that are node parameters (:data:`ESTIMATOR_PARAMETERS`); errors as ConfigError."""
     from stereo_pose3d.checkpoint import CheckpointError
     from stereo_pose3d.estimator import StereoPoseEstimator
 
@@ -415,10 +442,7 @@ def load_estimator(config: NodeConfig) -> Any:
         return StereoPoseEstimator.from_checkpoint(
             config.weights_path,
             device=config.device,
-            refine_iterations=config.refine_iterations,
-            stereo_box_matching=config.stereo_box_matching,
-            max_depth_spread=config.max_depth_spread,
-            flip_test=config.flip_test,
+            **{name: getattr(config, name) for name in ESTIMATOR_PARAMETERS},
         )
     except (CheckpointError, ValueError, OSError) as exc:
         raise ConfigError(f"cannot load weights {str(config.weights_path)!r}: {exc}") from exc
@@ -554,10 +578,9 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
         return SetParametersResult(successful=True)
 
     def _apply_estimator_config(self, config: NodeConfig) -> None:
-        """Estimator options that are node parameters (``refine_iterations``,
-        ``stereo_box_matching``, ``max_depth_spread``, ``flip_test``); an injected estimator
-        without such an attribute (a test double) is left alone."""
-        for name in ("refine_iterations", "stereo_box_matching", "max_depth_spread", "flip_test"):
+        """Estimator options that are node parameters (:data:`ESTIMATOR_PARAMETERS`); an
+        injected estimator without such an attribute (a test double) is left alone."""
+        for name in ESTIMATOR_PARAMETERS:
             if hasattr(self.estimator, name):
                 setattr(self.estimator, name, getattr(config, name))
 

@@ -350,3 +350,19 @@ def test_processor_smooths_confident_joints_over_time():
         return float(np.linalg.norm(np.diff(x, axis=0), axis=-1)[:, confident].mean())
 
     assert jitter(steadier) < 0.5 * jitter(smooth) < 0.5 * jitter(raw)
+
+
+def test_estimator_node_parameters_match_the_estimator_settings():
+    """The node's estimator parameters exist in DEFAULT_ESTIMATOR with the same defaults and
+    limits (the node keeps copies so that checking parameters does not import torch)."""
+    from stereo_pose3d import node
+    from stereo_pose3d.models.config import DEFAULT_ESTIMATOR, MAX_LOCATOR_CANDIDATES
+
+    defaults = NodeConfig()
+    for name in node.ESTIMATOR_PARAMETERS:
+        assert getattr(defaults, name) == DEFAULT_ESTIMATOR[name], name
+    assert node.MAX_LOCATOR_CANDIDATES == MAX_LOCATOR_CANDIDATES
+    for bad in (0, MAX_LOCATOR_CANDIDATES + 1):
+        with pytest.raises(ConfigError, match="locator_candidates"):
+            validate_config({"locator_candidates": bad}, check_files=False)
+
