@@ -297,3 +297,53 @@ def test_eval_command_end_to_end(tiny_set, fixture_checkpoint, tmp_path, capsys)
     md = (out / "eval.md").read_text()
     assert "floor: GT 2D + 0.25 px" in md and "| cdr | gt-box |" in md
     assert "MPJPE" in capsys.readouterr().out
+
+
+def test_full_path_with_tracking_runs_pairs_in_order_and_resets_per_sequence(
+    fixture_checkpoint, monkeypatch
+):
+    """Tracking is sequential: with the setting on, the full path runs one pair at a time and
+    resets the tracker when the sequence changes (also across batches); off: one batch."""
+    from training.evaluate import ModelRunner
+
+    runner = ModelRunner(fixture_checkpoint, device="cpu", estimator_settings={"tracking": True})
+    calls: list[str] = []
+    real_estimate = runner.estimator.estimate
+    monkeypatch.setattr(runner.estimator, "reset", lambda: calls.append("reset"))
+    monkeypatch.setattr(
+        runner.estimator, "estimate", lambda *a: calls.append("estimate") or real_estimate(*a)
+    )
+    monkeypatch.setattr(
+        runner.estimator, "estimate_batch", lambda *a: pytest.fail("batched while tracking")
+    )
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(3)]
+    P = np.stack([rig(f=150.0)] * 3)
+    out = Predictions.empty(5, 16)
+    runner.predict_full(images, images, P, out, np.arange(3), ["a", "a", "b"])
+    runner.predict_full(images[:2], images[:2], P[:2], out, np.arange(3, 5), ["b", "c"])
+    assert calls == ["reset", "estimate", "estimate", "reset", "estimate", "estimate", "reset",
+                     "estimate"]  # fmt: skip
+    assert np.isfinite(out.seconds).all()
+
+
+def test_3d_figure_draws_the_joints_that_are_left():
+    """A pose with joints left out (depth gate: NaN) is still drawn, without those joints'
+    bones; a pose with no joint at all draws only the ground truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.figures import _draw_3d
+
+    pred = BODY.copy()
+    pred[MPII.index("left_wrist")] = np.nan
+    missing = sum(MPII.index("left_wrist") in bone for bone in MPII.bones)
+    for X, expected in ((pred, 2 * len(MPII.bones) - missing), (np.full_like(BODY, np.nan),
+                                                              len(MPII.bones))):  # fmt: skip
+        fig = plt.figure()
+        ax = fig.add_subplot(111, projection="3d")
+        _draw_3d(ax, X, BODY, MPII, "t")
+        assert len(ax.lines) == expected
+        plt.close(fig)

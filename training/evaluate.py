@@ -450,6 +450,7 @@ class ModelRunner:
 
         self.path = Path(path)
         self.name = name or self.path.stem
+        self._tracked_sequence: str | None = None
         self.device = resolve_device(device)
         self.estimator = None
         try:
@@ -494,9 +495,22 @@ class ModelRunner:
     def paths(self) -> tuple[str, ...]:
         return ("full", "gt-box") if self.estimator is not None else ("gt-box",)
 
-    def predict_full(self, lefts, rights, P, out: Predictions, index: np.ndarray) -> None:
+    def predict_full(
+        self, lefts, rights, P, out: Predictions, index: np.ndarray, sequences=None
+    ) -> None:
+        """The estimator on full frames. With its ``tracking`` setting on and ``sequences`` (the
+        sequence name of each pair; pairs in time order) the pairs run one at a time as the node
+        runs them, the tracker reset at each new sequence; otherwise in one batch."""
         t0 = time.perf_counter()
-        poses = self.estimator.estimate_batch(lefts, rights, list(P[:, 0]), list(P[:, 1]))
+        if self.settings.get("tracking") and sequences is not None:
+            poses = []
+            for i in range(len(lefts)):
+                if sequences[i] != self._tracked_sequence:
+                    self.estimator.reset()
+                    self._tracked_sequence = sequences[i]
+                poses.append(self.estimator.estimate(lefts[i], rights[i], P[i, 0], P[i, 1]))
+        else:
+            poses = self.estimator.estimate_batch(lefts, rights, list(P[:, 0]), list(P[:, 1]))
         dt = (time.perf_counter() - t0) / max(1, len(poses))
         for k, pose in zip(index, poses, strict=True):
             out.seconds[k] = dt
@@ -1054,7 +1068,8 @@ def _main(args: argparse.Namespace) -> int:
         P = gt.P[batch]
         for r in runners:
             if (r.name, "full") in preds:
-                r.predict_full(lefts, rights, P, preds[(r.name, "full")], batch)
+                seqs = [gt.sequence[i] for i in batch]
+                r.predict_full(lefts, rights, P, preds[(r.name, "full")], batch, seqs)
             if (r.name, "gt-box") in preds:
                 r.predict_boxes(lefts, rights, P, gt.box[batch], preds[(r.name, "gt-box")], batch)
 
@@ -1103,6 +1118,11 @@ def _main(args: argparse.Namespace) -> int:
             report.setdefault("notes", []).append(
                 f"{r.name}: flip test on both paths (estimator flip_test: the network also runs "
                 "on the mirrored crops, heatmaps averaged)"
+            )
+        if r.settings.get("tracking") and (r.name, "full") in preds:
+            report.setdefault("notes", []).append(
+                f"{r.name}: full path with tracking (pairs one at a time in time order, the "
+                "tracker reset at each sequence)"
             )
         if r.stereo_box_matching and (r.name, "full") in preds:
             report.setdefault("notes", []).append(

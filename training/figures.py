@@ -159,10 +159,12 @@ def _draw_3d(ax, pred: np.ndarray | None, gt: np.ndarray | None, skeleton: Skele
         for a, b in skeleton.bones:
             ax.plot(*g[[a, b]].T, color="black", lw=1.2, ls="--")
         pts.append(g)
-    if pred is not None and np.isfinite(pred).all():
+    if pred is not None and np.isfinite(pred).all(axis=-1).any():
+        # Joints the estimator left out (NaN) are left out of the drawing with their bones.
         p = xyz(np.asarray(pred, dtype=float))
         for a, b in skeleton.bones:
-            ax.plot(*p[[a, b]].T, color=skeleton.bone_color((a, b)), lw=2)
+            if np.isfinite(p[[a, b]]).all():
+                ax.plot(*p[[a, b]].T, color=skeleton.bone_color((a, b)), lw=2)
         pts.append(p)
     if pts:
         allp = np.concatenate(pts)
@@ -221,8 +223,10 @@ def compare_models(
             )
         ax3 = fig.add_subplot(rows, 3, 3 * r + 3, projection="3d")
         err = ""
-        if X is not None and np.isfinite(X).all():
-            err = f" ({1000 * np.linalg.norm(X - gt_3d, axis=-1).mean():.0f} mm)"
+        if X is not None and np.isfinite(X).all(axis=-1).any():
+            ok = np.isfinite(X).all(axis=-1)
+            mm = 1000 * np.linalg.norm(X[ok] - gt_3d[ok], axis=-1).mean()
+            err = f" ({mm:.0f} mm" + ("" if ok.all() else f", {ok.sum()}/{len(ok)} joints") + ")"
         _draw_3d(ax3, X, gt_3d, skeleton, f"{name} 3D{err}")
     if title:
         fig.suptitle(title)

@@ -82,7 +82,8 @@ def run_full_path(ckpt: Path, data: Path, batch_size: int, device: str) -> tuple
         batch = np.arange(start, min(len(gt), start + batch_size))
         images = [rectified_images(dataset[indices[i]]) for i in batch]
         lefts, rights = [im[0] for im in images], [im[1] for im in images]
-        runner.predict_full(lefts, rights, gt.P[batch], pred, batch)
+        sequences = [gt.sequence[i] for i in batch]
+        runner.predict_full(lefts, rights, gt.P[batch], pred, batch, sequences)
     return gt, pred, skeleton
 
 
