@@ -384,6 +384,17 @@ def _check_projection(P: Any, name: str) -> np.ndarray:
     return P
 
 
+def _int_in_range(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int if it is an integer (not a bool) in ``[low, high]``; else ValueError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not low <= value <= high
+    ):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
 def depth_gate(
     joints_3d: np.ndarray, valid: np.ndarray, P: np.ndarray, max_spread: float
 ) -> np.ndarray:
@@ -480,16 +491,9 @@ class StereoPoseEstimator:
 
     @refine_iterations.setter
     def refine_iterations(self, value: int) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, np.integer))
-            or not 0 <= value <= MAX_REFINE_ITERATIONS
-        ):
-            raise ValueError(
-                f"refine_iterations must be an integer in [0, {MAX_REFINE_ITERATIONS}], "
-                f"got {value!r}"
-            )
-        self.settings["refine_iterations"] = int(value)
+        self.settings["refine_iterations"] = _int_in_range(
+            "refine_iterations", value, 0, MAX_REFINE_ITERATIONS
+        )
 
     @property
     def stereo_box_matching(self) -> bool:
@@ -530,16 +534,9 @@ class StereoPoseEstimator:
 
     @locator_candidates.setter
     def locator_candidates(self, value: int) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, np.integer))
-            or not 1 <= value <= MAX_LOCATOR_CANDIDATES
-        ):
-            raise ValueError(
-                f"locator_candidates must be an integer in [1, {MAX_LOCATOR_CANDIDATES}], "
-                f"got {value!r}"
-            )
-        self.settings["locator_candidates"] = int(value)
+        self.settings["locator_candidates"] = _int_in_range(
+            "locator_candidates", value, 1, MAX_LOCATOR_CANDIDATES
+        )
 
     @stereo_box_matching.setter
     def stereo_box_matching(self, value: bool) -> None:
