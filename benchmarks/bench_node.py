@@ -84,7 +84,7 @@ def accelerate(est: Any, backend: str, calib_root: Path, calib_count: int = 32) 
         quantize_int8,
     )
 
-    from stereo_pose3d.models.heatmaps import heatmap_to_crop, soft_argmax
+    from stereo_pose3d.models.heatmaps import decode_heatmaps, heatmap_to_crop
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_node_ort_"))
     pose = copy.deepcopy(est.pose_net).to(memory_format=torch.contiguous_format).eval()
@@ -121,7 +121,11 @@ def accelerate(est: Any, backend: str, calib_root: Path, calib_count: int = 32) 
     (pose_sess, pose_kept), (loc_sess, _) = sessions
     net = est.pose_net
 
-    def forward_2d(images: torch.Tensor, P: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_2d(
+        images: torch.Tensor, P: torch.Tensor, flip_test: bool = False, decoding: str = "global"
+    ) -> dict[str, torch.Tensor]:
+        if flip_test:
+            raise NotImplementedError("the ONNX backends do not run the flip test")
         B, V = images.shape[:2]
         tensors = (images.flatten(0, 1).contiguous(), *camera_inputs(net, P))
         feed = {
@@ -129,7 +133,7 @@ def accelerate(est: Any, backend: str, calib_root: Path, calib_count: int = 32) 
             if k in pose_kept
         }  # fmt: skip
         heatmaps = torch.from_numpy(pose_sess.run(None, feed)[0]).unflatten(0, (B, V))
-        uv, confidence = soft_argmax(heatmaps, net.beta)
+        uv, confidence = decode_heatmaps(heatmaps, net.beta, decoding)
         stride = W / heatmaps.shape[-1]
         return {
             "heatmaps": heatmaps,

@@ -50,7 +50,13 @@ class CropBiasedOracle(torch.nn.Module):
         self.nan_2d_on, self.nan_3d_on = set(nan_2d_on), set(nan_3d_on)
         self.calls = 0
 
-    def forward_2d(self, images: torch.Tensor, P: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_2d(
+        self,
+        images: torch.Tensor,
+        P: torch.Tensor,
+        flip_test: bool = False,
+        decoding: str = "local",
+    ) -> dict[str, torch.Tensor]:
         self.calls += 1
         B, V, _, h, w = images.shape
         uv = project(self.X, P.double())  # (B, V, J, 2) crop pixels
@@ -124,7 +130,7 @@ def test_zero_passes_are_the_single_pass_pipeline(fixture_checkpoint, synthetic_
     with torch.inference_mode():
         x = est._to_tensor(list(crops), "pose").unflatten(0, (1, 2))
         P_t = torch.as_tensor(P_crop, dtype=torch.float32).view(1, 2, 3, 4)
-        out = est.pose_net.forward_2d(x, P_t)
+        out = est.pose_net.forward_2d(x, P_t, decoding=est.heatmap_decoding)
         X, valid = est.pose_net.triangulate(out["joints_2d"], out["confidence"], P_t)
     np.testing.assert_array_equal(pose.box, boxes)
     np.testing.assert_array_equal(pose.crop_boxes, regions)

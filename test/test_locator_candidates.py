@@ -111,7 +111,13 @@ class PersonOracle(torch.nn.Module):
         self.X = torch.as_tensor(joints_3d, dtype=torch.float64)
         self.batches: list[int] = []
 
-    def forward_2d(self, images: torch.Tensor, P: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_2d(
+        self,
+        images: torch.Tensor,
+        P: torch.Tensor,
+        flip_test: bool = False,
+        decoding: str = "local",
+    ) -> dict[str, torch.Tensor]:
         self.batches.append(images.shape[0])
         B, V, _, h, w = images.shape
         uv = project(self.X, P.double())  # (B, V, J, 2) crop pixels
@@ -264,7 +270,7 @@ def test_one_candidate_is_the_single_box_pipeline(fixture_checkpoint, synthetic_
         crops, P_crop, _ = crop_views([pair.left, pair.right], P, regions, est.crop_size)
         x = est._to_tensor(list(crops), "pose").unflatten(0, (1, 2))
         P_t = torch.as_tensor(P_crop, dtype=torch.float32).view(1, 2, 3, 4)
-        net = est.pose_net.forward_2d(x, P_t)
+        net = est.pose_net.forward_2d(x, P_t, decoding=est.heatmap_decoding)
         X, valid = est.pose_net.triangulate(net["joints_2d"], net["confidence"], P_t)
     X = X.double().numpy()[0]
     valid = depth_gate(X, valid.numpy()[0], P[0], settings["max_depth_spread"])

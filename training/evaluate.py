@@ -24,7 +24,8 @@ For each model, on the same samples, it reports (Markdown ``eval.md`` + ``eval.j
   overrides the checkpoint's estimator setting of that name, said in the report's notes), and
   ``gt-box`` -- the same crops
   cut around the ground-truth boxes, which separates localisation errors from pose errors
-  (``--estimator flip_test=true``, flip test, applies to both paths of a system checkpoint);
+  (``--estimator flip_test=true``, flip test, and ``--estimator heatmap_decoding=global|local``
+  apply to both paths of a system checkpoint);
 * optional post-processing of the full path (:mod:`training.postprocess`): bone-length
   refinement with lengths learned from the sequence (causal) or fixed from a training set
   (``--bone-prior``), One-Euro and constant-velocity Kalman temporal filters, and their
@@ -552,10 +553,13 @@ class ModelRunner:
         x = torch.stack(crops).to(self.device).unflatten(0, (n, 2))
         P_t = torch.as_tensor(np.stack(P_crop), dtype=torch.float32, device=self.device)
         P_t = P_t.view(n, 2, 3, 4)
-        if self.settings.get("flip_test", False):  # the estimator's setting, as the full path
-            net_out = self.pose_net.forward_2d(x, P_t, flip_test=True)
-        else:
-            net_out = self.pose_net.forward_2d(x, P_t)
+        # The estimator's flip_test and heatmap_decoding settings, as on the full path.
+        net_out = self.pose_net.forward_2d(
+            x,
+            P_t,
+            flip_test=self.settings.get("flip_test", False),
+            decoding=self.settings.get("heatmap_decoding", "global"),
+        )
         X, valid = self.pose_net.triangulate(net_out["joints_2d"], net_out["confidence"], P_t)
         X = X.double().cpu().numpy()
         valid = valid.cpu().numpy()

@@ -21,7 +21,12 @@ from stereo_pose3d.models.config import (
     validate_config,
 )
 from stereo_pose3d.models.heads import SimpleBaselinesHead
-from stereo_pose3d.models.heatmaps import gaussian_heatmaps, soft_argmax
+from stereo_pose3d.models.heatmaps import (
+    decode_heatmaps,
+    gaussian_heatmaps,
+    local_soft_argmax,
+    soft_argmax,
+)
 from stereo_pose3d.models.locator import PersonLocator, box_recall, locator_loss, locator_targets
 from stereo_pose3d.models.system import PoseSystem
 
@@ -36,7 +41,9 @@ __all__ = [
     "SimpleBaselinesHead",
     "box_recall",
     "build_model",
+    "decode_heatmaps",
     "gaussian_heatmaps",
+    "local_soft_argmax",
     "locator_config",
     "locator_loss",
     "locator_targets",

@@ -9,11 +9,12 @@ from torch import nn
 
 from stereo_pose3d.models.backbone import ResNetBackbone
 from stereo_pose3d.models.canonical import canonical_projections, triangulate_canonical
+from stereo_pose3d.models.config import HEATMAP_DECODINGS
 from stereo_pose3d.models.heads import SimpleBaselinesHead
 from stereo_pose3d.models.heatmaps import (
+    decode_heatmaps,
     flip_crop_inputs,
     heatmap_to_crop,
-    soft_argmax,
     unflip_heatmaps,
 )
 from stereo_pose3d.skeleton import Skeleton
@@ -41,6 +42,11 @@ class PoseNetBase(nn.Module):
     scene seen by proper cameras (``P' = A_flip P diag(-1, 1, 1, 1)``) with the two views
     swapped, i.e. exactly a training sample of the flip augmentation, so it is well defined for
     CDRNet's fused code as well as for the per-view baseline.
+
+    ``forward_2d(..., decoding="local")``: 2D joints by
+    :func:`~stereo_pose3d.models.heatmaps.local_soft_argmax` (the strongest mode of each heatmap)
+    instead of the global soft-argmax (``"global"``, the default, used in training and by
+    :meth:`forward`); the estimator passes its ``heatmap_decoding`` setting.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -69,18 +75,25 @@ class PoseNetBase(nn.Module):
             raise ValueError(f"P must be {(*images.shape[:2], 3, 4)}, got {tuple(P.shape)}")
 
     def forward_2d(
-        self, images: torch.Tensor, P: torch.Tensor, flip_test: bool = False
+        self,
+        images: torch.Tensor,
+        P: torch.Tensor,
+        flip_test: bool = False,
+        decoding: str = "global",
     ) -> dict[str, torch.Tensor]:
         """Heatmaps, 2D joints (crop px) and confidences; no triangulation. ``flip_test``: the
         heatmaps are the average of the crops' and the mirrored crops' (:meth:`flip_test_heatmaps`;
-        one forward pass of twice the batch)."""
+        one forward pass of twice the batch). ``decoding``: ``"global"`` or ``"local"``
+        (:func:`~stereo_pose3d.models.heatmaps.decode_heatmaps`; ValueError otherwise)."""
+        if decoding not in HEATMAP_DECODINGS:
+            raise ValueError(f"decoding must be one of {list(HEATMAP_DECODINGS)}, got {decoding!r}")
         self.check_inputs(images, P)
         if flip_test:
             heatmaps = self.flip_test_heatmaps(images, P)
         else:
             heatmaps = self.forward_heatmaps(images, P)
         stride = self.input_size[0] / heatmaps.shape[-1]
-        uv, confidence = soft_argmax(heatmaps, self.beta)
+        uv, confidence = decode_heatmaps(heatmaps, self.beta, decoding)
         return {
             "heatmaps": heatmaps,
             "joints_2d": heatmap_to_crop(uv, stride),

@@ -44,6 +44,7 @@ POSE_ARCHITECTURES = ("cdrnet", "baseline")
 ARCHITECTURES = (*POSE_ARCHITECTURES, "locator", "system")
 
 MAX_LOCATOR_CANDIDATES = 5  # largest accepted estimator setting locator_candidates
+HEATMAP_DECODINGS = ("global", "local")  # estimator setting heatmap_decoding (models.heatmaps)
 
 DEFAULT_ESTIMATOR: dict[str, Any] = {
     # Crop side = crop_scale * max(box width, box height) of the located person.
@@ -79,6 +80,11 @@ DEFAULT_ESTIMATOR: dict[str, Any] = {
     # heatmaps, mirrored back and joint-permuted, are averaged with the originals' before the
     # soft-argmax. Doubles the pose network's cost.
     "flip_test": False,
+    # Heatmap -> 2D joint: "local" = mean shift from the heatmap's maximum (the strongest mode;
+    # models.heatmaps.local_soft_argmax), "global" = soft-argmax over the whole heatmap (as in
+    # training), which puts a joint between the modes of a two-mode heatmap. The confidence (the
+    # heatmap's maximum) is the same for both.
+    "heatmap_decoding": "local",
 }
 
 
@@ -220,6 +226,11 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
         if not isinstance(settings["flip_test"], bool):
             raise ConfigError(
                 f"{where}.estimator.flip_test must be true or false, got {settings['flip_test']!r}"
+            )
+        if settings["heatmap_decoding"] not in HEATMAP_DECODINGS:
+            raise ConfigError(
+                f"{where}.estimator.heatmap_decoding must be one of {list(HEATMAP_DECODINGS)}, "
+                f"got {settings['heatmap_decoding']!r}"
             )
         spread = settings["max_depth_spread"]
         if isinstance(spread, bool) or not isinstance(spread, int | float) or not spread >= 0:
