@@ -59,6 +59,8 @@ RECENT_ERROR_S = 10.0
 MAX_REFINE_ITERATIONS = 10
 # Largest locator_candidates (= stereo_pose3d.models.config.MAX_LOCATOR_CANDIDATES; same reason).
 MAX_LOCATOR_CANDIDATES = 5
+# Heatmap decodings (= stereo_pose3d.models.config.HEATMAP_DECODINGS; same reason).
+HEATMAP_DECODINGS = ("local", "global")
 
 
 # Node parameters that are estimator settings (stereo_pose3d.models.config.DEFAULT_ESTIMATOR):
@@ -69,6 +71,7 @@ ESTIMATOR_PARAMETERS = (
     "stereo_box_matching",
     "max_depth_spread",
     "flip_test",
+    "heatmap_decoding",
 )
 
 
@@ -102,6 +105,7 @@ class NodeConfig:
     stereo_box_matching: bool = True
     max_depth_spread: float = 1.0
     flip_test: bool = False
+    heatmap_decoding: str = "local"
     smoothing: str = "one_euro"
     smoothing_min_cutoff: float = SMOOTHING_MIN_CUTOFF
     smoothing_beta: float = SMOOTHING_BETA
@@ -188,6 +192,12 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
         "and the mirrored-back heatmaps are averaged in; doubles the network's cost",
         False,
     ),
+    "heatmap_decoding": (
+        "How 2D joints are read from the pose network's heatmaps: local (mean shift from each "
+        "heatmap's peak: one mode, sub-pixel) or global (soft-argmax over the whole heatmap, "
+        "which averages the modes of a confused joint)",
+        False,
+    ),
     "smoothing": (
         "Temporal smoothing of the confident 3D joints over the image stamps: one_euro (1-euro "
         "filter per joint coordinate) or none",
@@ -271,6 +281,10 @@ def validate_config(values: dict[str, Any], check_files: bool = True) -> NodeCon
     check(
         0.0 <= out["max_depth_spread"] <= 100.0,
         f"max_depth_spread: must be in [0, 100] metres (0 = off), got {out['max_depth_spread']}",
+    )
+    check(
+        out["heatmap_decoding"] in HEATMAP_DECODINGS,
+        f"heatmap_decoding: must be one of {HEATMAP_DECODINGS}, got {out['heatmap_decoding']!r}",
     )
     check(
         out["smoothing"] in SMOOTHING_CHOICES,

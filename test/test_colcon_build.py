@@ -30,9 +30,7 @@ def test_package_xml_is_format_3_ament_python() -> None:
 
 
 def test_colcon_build_installs_a_ros_package(tmp_path: Path) -> None:
-    colcon = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil.which(
-        "colcon"
-    )
+    colcon = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil.which("colcon")
     assert colcon, "colcon is missing: pip install -r requirements.txt"
     src = tmp_path / "src" / PACKAGE
     src.mkdir(parents=True)

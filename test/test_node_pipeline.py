@@ -356,13 +356,19 @@ def test_estimator_node_parameters_match_the_estimator_settings():
     """The node's estimator parameters exist in DEFAULT_ESTIMATOR with the same defaults and
     limits (the node keeps copies so that checking parameters does not import torch)."""
     from stereo_pose3d import node
-    from stereo_pose3d.models.config import DEFAULT_ESTIMATOR, MAX_LOCATOR_CANDIDATES
+    from stereo_pose3d.models.config import (
+        DEFAULT_ESTIMATOR,
+        HEATMAP_DECODINGS,
+        MAX_LOCATOR_CANDIDATES,
+    )
 
     defaults = NodeConfig()
     for name in node.ESTIMATOR_PARAMETERS:
         assert getattr(defaults, name) == DEFAULT_ESTIMATOR[name], name
     assert node.MAX_LOCATOR_CANDIDATES == MAX_LOCATOR_CANDIDATES
+    assert set(node.HEATMAP_DECODINGS) == set(HEATMAP_DECODINGS)
+    with pytest.raises(ConfigError, match="heatmap_decoding"):
+        validate_config({"heatmap_decoding": "argmax"}, check_files=False)
     for bad in (0, MAX_LOCATOR_CANDIDATES + 1):
         with pytest.raises(ConfigError, match="locator_candidates"):
             validate_config({"locator_candidates": bad}, check_files=False)
-
