@@ -64,19 +64,28 @@ class PersonLocator(nn.Module):
     def decode(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Best box per image: ``boxes (N, 4)`` xyxy in locator input pixels, ``scores (N,)``."""
         centre = outputs["centre"][:, 0]
+        best = centre.reshape(centre.shape[0], -1).argmax(dim=1)
+        boxes, scores = self._decode_cells(outputs, best[:, None])
+        return boxes[:, 0], scores[:, 0]
+
+    def _decode_cells(
+        self, outputs: dict[str, torch.Tensor], cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes ``(N, k, 4)`` xyxy in locator input pixels and scores ``(N, k)`` of the centre-map
+        cells with flat indices ``cells (N, k)``: the cell centre plus its offset, its size."""
+        centre = outputs["centre"][:, 0]
         N, _, w = centre.shape
-        flat = centre.reshape(N, -1)
-        best = flat.argmax(dim=1)
-        scores = torch.sigmoid(flat.gather(1, best[:, None])[:, 0])
-        v, u = best // w, best % w
-        idx = best[:, None, None].expand(N, 2, 1)
-        offset = outputs["offset"].reshape(N, 2, -1).gather(2, idx)[..., 0]
-        size = outputs["size"].reshape(N, 2, -1).gather(2, idx)[..., 0].clamp(-5, 5).exp()
+        k = cells.shape[1]
+        scores = torch.sigmoid(centre.reshape(N, -1).gather(1, cells))
+        v, u = cells // w, cells % w
+        idx = cells[:, None, :].expand(N, 2, k)
+        offset = outputs["offset"].reshape(N, 2, -1).gather(2, idx)
+        size = outputs["size"].reshape(N, 2, -1).gather(2, idx).clamp(-5, 5).exp()
         s = self.stride
         cx = (u + offset[:, 0]) * s + (s - 1) / 2
         cy = (v + offset[:, 1]) * s + (s - 1) / 2
         bw, bh = size[:, 0] * s, size[:, 1] * s
-        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2)
         return boxes, scores
 
     def decode_topk(
@@ -101,16 +110,7 @@ class PersonLocator(nn.Module):
         best = order[:, : min(k, h * w)]  # (N, k')
         kk = best.shape[1]
         found = torch.isfinite(peaks.reshape(N, -1).gather(1, best))
-        scores = torch.sigmoid(centre.reshape(N, -1).gather(1, best))
-        v, u = best // w, best % w
-        idx = best[:, None, :].expand(N, 2, kk)
-        offset = outputs["offset"].reshape(N, 2, -1).gather(2, idx)
-        size = outputs["size"].reshape(N, 2, -1).gather(2, idx).clamp(-5, 5).exp()
-        s = self.stride
-        cx = (u + offset[:, 0]) * s + (s - 1) / 2
-        cy = (v + offset[:, 1]) * s + (s - 1) / 2
-        bw, bh = size[:, 0] * s, size[:, 1] * s
-        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2)
+        boxes, scores = self._decode_cells(outputs, best)
         boxes = torch.where(found[..., None], boxes, torch.nan)
         scores = torch.where(found, scores, torch.nan)
         if kk < k:
