@@ -715,6 +715,21 @@ class StereoPoseEstimator:
         size = max(box[2] - box[0], box[3] - box[1])
         return bool(0 <= cx < W and 0 <= cy < H and size <= 2 * max(H, W))
 
+    def _matched_right_box(
+        self,
+        images: tuple[np.ndarray, np.ndarray],
+        box_left: np.ndarray,
+        box_right: np.ndarray,
+        P: np.ndarray,
+    ) -> tuple[np.ndarray, bool]:
+        """Stereo box matching (:func:`match_stereo_box`): the right box placed by matching the
+        left box's patch, and True; ``box_right`` as given and False when the match is weak or
+        the matched box unusable."""
+        box, _, _ = match_stereo_box(images[0], images[1], box_left, box_right, P)
+        if box is not None and self._box_ok(box, images[1].shape):
+            return box, True
+        return box_right, False
+
     # ------------------------------------------------------------------------------------------
 
     def estimate(
@@ -798,11 +813,9 @@ class StereoPoseEstimator:
         if self.stereo_box_matching:
             t_match = time.perf_counter()
             for i in det:
-                box, _, _ = match_stereo_box(
-                    images[i][0], images[i][1], boxes[i, 0], boxes[i, 1], projections[i]
+                boxes[i, 1], matched[i] = self._matched_right_box(
+                    images[i], boxes[i, 0], boxes[i, 1], projections[i]
                 )
-                if box is not None and self._box_ok(box, images[i][1].shape):
-                    boxes[i, 1], matched[i] = box, True
             timings["box_matching"] = time.perf_counter() - t_match
         passes: dict[int, dict[str, np.ndarray]] = {}
         refined = dict.fromkeys(det, 0)
@@ -956,9 +969,7 @@ class StereoPoseEstimator:
             j = int(np.argmin(np.where(fits, rows, np.inf)))
             box_right, was_matched = boxes[1, j], False
             if self.stereo_box_matching:
-                box, _, _ = match_stereo_box(images[0], images[1], box_left, box_right, P)
-                if box is not None and self._box_ok(box, images[1].shape):
-                    box_right, was_matched = box, True
+                box_right, was_matched = self._matched_right_box(images, box_left, box_right, P)
             if not self._box_ok(box_right, images[1].shape):
                 continue
             score = float(min(scores[0, rank], scores[1, j]))

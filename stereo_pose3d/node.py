@@ -477,8 +477,8 @@ class StereoPose3DNode(_NodeBase):  # type: ignore[misc,valid-type]
 
     Args:
         estimator: inject an estimator object (tests); default: loaded from the ``weights`` and
-            ``device`` parameters. Its ``refine_iterations`` and ``stereo_box_matching`` (where
-            it has them) follow the parameters of those names, at start and on every change.
+            ``device`` parameters. Its settings named in :data:`ESTIMATOR_PARAMETERS` (where it
+            has them) follow the parameters of those names, at start and on every change.
         node_name, **kwargs: passed to ``rclpy.node.Node``.
 
     Raises:
