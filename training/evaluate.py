@@ -376,12 +376,11 @@ def postprocess_variants(
     each variant is scored on the same joints. ``euro``: (min_cutoff Hz, beta s/m), default the
     node's; ``kalman``: (accel_std m/s^2, meas_std m), both chosen by ``tune-temporal``.
     """
-    from stereo_pose3d.pipeline import SMOOTHING_BETA, SMOOTHING_MIN_CUTOFF, SMOOTHING_RESET_S
+    from stereo_pose3d.pipeline import SMOOTHING_BETA, SMOOTHING_MIN_CUTOFF
     from training.postprocess import (
-        kalman_cv_sequence,
-        one_euro_sequence,
         refine_bone_lengths,
         sequence_bone_lengths,
+        temporal_filter,
     )
 
     euro = euro or (SMOOTHING_MIN_CUTOFF, SMOOTHING_BETA)
@@ -402,16 +401,6 @@ def postprocess_variants(
     if bone_prior is not None:
         variants["bone_prior"] = pred.with_joints_3d(refine(np.asarray(bone_prior)), gt.P)
 
-    def temporal(source: np.ndarray, kind: str) -> np.ndarray:
-        out = source.copy()
-        for idx in seqs:
-            t = gt.time[idx]
-            if kind == "euro":
-                out[idx] = one_euro_sequence(source[idx], t, *euro, reset_after=SMOOTHING_RESET_S)
-            else:
-                out[idx] = kalman_cv_sequence(source[idx], t, *kalman)
-        return np.where(np.isfinite(source), out, np.nan)
-
     steps = np.concatenate([np.diff(gt.time[idx]) for idx in seqs if len(idx) > 1] or [[]])
     notes = []
     if steps.size == 0 or float(np.median(steps)) > max_dt:
@@ -421,9 +410,13 @@ def postprocess_variants(
             f"step {median:.3g} s > {max_dt:g} s); evaluate a continuous recording for them"
         )
         return variants, notes
-    variants["one_euro"] = pred.with_joints_3d(temporal(X, "euro"), gt.P)
-    variants["kalman_cv"] = pred.with_joints_3d(temporal(X, "kalman"), gt.P)
-    variants["bone_seq+kalman_cv"] = pred.with_joints_3d(temporal(X_bone, "kalman"), gt.P)
+    for name, source, kind, params in (
+        ("one_euro", X, "one_euro", euro),
+        ("kalman_cv", X, "kalman_cv", kalman),
+        ("bone_seq+kalman_cv", X_bone, "kalman_cv", kalman),
+    ):
+        filtered = temporal_filter(source, gt.time, seqs, kind, params)
+        variants[name] = pred.with_joints_3d(filtered, gt.P)
     return variants, notes
 
 

@@ -37,12 +37,41 @@ __all__ = [
     "one_euro_sequence",
     "refine_bone_lengths",
     "sequence_bone_lengths",
+    "temporal_filter",
 ]
 
 
 # --------------------------------------------------------------------------------------------
 # Temporal filters
 # --------------------------------------------------------------------------------------------
+
+
+def temporal_filter(
+    points: np.ndarray,
+    times: np.ndarray,
+    sequences: Sequence[np.ndarray],
+    kind: str,
+    params: Sequence[float],
+) -> np.ndarray:
+    """``points (N, J, 3)`` at ``times (N,)`` filtered sequence by sequence (``sequences``: index
+    arrays in time order): ``kind`` ``"one_euro"`` (``params`` = min_cutoff Hz, beta s/m; joints
+    unseen for the node's ``SMOOTHING_RESET_S`` restart, as in the node) or ``"kalman_cv"``
+    (accel_std m/s^2, meas_std m). The output keeps only the joints of the input (NaN where it
+    is NaN, e.g. where the Kalman filter would predict through a gap) and is NaN outside
+    ``sequences``, so that variants are scored on the same joints."""
+    from stereo_pose3d.pipeline import SMOOTHING_RESET_S
+
+    out = np.full_like(points, np.nan)
+    for idx in sequences:
+        if kind == "one_euro":
+            out[idx] = one_euro_sequence(
+                points[idx], times[idx], *params, reset_after=SMOOTHING_RESET_S
+            )
+        elif kind == "kalman_cv":
+            out[idx] = kalman_cv_sequence(points[idx], times[idx], *params)
+        else:
+            raise ValueError(f"unknown temporal filter {kind!r} (one_euro, kalman_cv)")
+    return np.where(np.isfinite(points), out, np.nan)
 
 
 def kalman_cv_sequence(

@@ -94,20 +94,6 @@ def sequences_at_stride(gt: Any, stride: int) -> list[np.ndarray]:
     return [idx[::stride] for idx in _sequences(gt)]
 
 
-def filtered(kind: str, params: tuple[float, float], X: np.ndarray, gt: Any, seqs) -> np.ndarray:
-    """``X (N, J, 3)`` filtered per sequence; NaN outside ``seqs`` and where X is NaN."""
-    from stereo_pose3d.filters import one_euro_sequence
-    from training.postprocess import kalman_cv_sequence
-
-    out = np.full_like(X, np.nan)
-    for idx in seqs:
-        if kind == "one_euro":
-            out[idx] = one_euro_sequence(X[idx], gt.time[idx], *params)
-        else:
-            out[idx] = kalman_cv_sequence(X[idx], gt.time[idx], *params)
-    return np.where(np.isfinite(X), out, np.nan)  # the raw estimate's joints only
-
-
 def score(X: np.ndarray, gt: Any, seqs) -> float:
     """MPJPE (mm) of ``X`` over the valid joints of the samples in ``seqs``."""
     idx = np.concatenate(seqs)
@@ -133,7 +119,9 @@ def accel_error(X: np.ndarray, gt: Any, seqs) -> float:
 
 def scored(kind: str, params: tuple[float, ...], X: np.ndarray, gt: Any, seqs, stride: int):
     """One result row: ``kind`` ("none", "one_euro", "kalman_cv") with ``params`` on ``X``."""
-    Xf = X if kind == "none" else filtered(kind, params, X, gt, seqs)
+    from training.postprocess import temporal_filter
+
+    Xf = X if kind == "none" else temporal_filter(X, gt.time, seqs, kind, params)
     return {
         "filter": kind,
         "params": list(params),
