@@ -33,13 +33,20 @@ def cached_full_path(
     ckpt: Path, data: Path, batch_size: int, device: str, cache_dir: Path
 ) -> tuple[Any, np.ndarray]:
     """(GroundTruth, joints_3d (N, J, 3) m, NaN where none) of the full path, cached in
-    ``cache_dir`` by checkpoint and data (so that another grid does not rerun the network)."""
+    ``cache_dir`` by checkpoint, data and the inference code (so that another grid does not
+    rerun the network, and a changed estimator does)."""
+    import hashlib
+
+    import stereo_pose3d
     from stereo_pose3d.skeleton import get_skeleton
     from training.data.stereo_dataset import StereoDataset
     from training.evaluate import load_ground_truth
 
     stat = ckpt.stat()
-    key = f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{data.resolve()}"
+    code = hashlib.sha256()
+    for source in sorted(Path(stereo_pose3d.__file__).parent.rglob("*.py")):
+        code.update(source.read_bytes())
+    key = f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{data.resolve()}|{code.hexdigest()}"
     cache = cache_dir / f"full_path_{data.name}.npz"
     if cache.is_file():
         with np.load(cache) as z:
