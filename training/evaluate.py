@@ -1100,32 +1100,36 @@ def _main(args: argparse.Namespace) -> int:
             "stereo_box_matching": r.stereo_box_matching,
             "estimator_settings": dict(r.settings),
         }
+        full = (r.name, "full") in preds
+        setting_notes: list[str] = []
         spread = r.settings.get("max_depth_spread")
-        if r.estimator is not None and spread and (r.name, "full") in preds:
-            report.setdefault("notes", []).append(
+        if r.estimator is not None and spread and full:
+            setting_notes.append(
                 f"{r.name}: full path with depth gating (estimator max_depth_spread {spread:g} m: "
                 "joints this far from the person's median depth are invalid)"
             )
-        if r.refine_iterations and (r.name, "full") in preds:
-            report.setdefault("notes", []).append(
+        if r.refine_iterations and full:
+            setting_notes.append(
                 f"{r.name}: full path with {r.refine_iterations} stereo-consistent box "
                 "refinement pass(es) (estimator refine_iterations; full+refineN in the tables)"
             )
         if r.settings.get("flip_test") and r.estimator is not None:
-            report.setdefault("notes", []).append(
+            setting_notes.append(
                 f"{r.name}: flip test on both paths (estimator flip_test: the network also runs "
                 "on the mirrored crops, heatmaps averaged)"
             )
-        if r.settings.get("tracking") and (r.name, "full") in preds:
-            report.setdefault("notes", []).append(
+        if r.settings.get("tracking") and full:
+            setting_notes.append(
                 f"{r.name}: full path with tracking (pairs one at a time in time order, the "
                 "tracker reset at each sequence)"
             )
-        if r.stereo_box_matching and (r.name, "full") in preds:
-            report.setdefault("notes", []).append(
+        if r.stereo_box_matching and full:
+            setting_notes.append(
                 f"{r.name}: full path with stereo box matching (estimator stereo_box_matching: "
                 "the right box is the left box shifted by its NCC disparity along the rows)"
             )
+        if setting_notes:
+            report.setdefault("notes", []).extend(setting_notes)
         for p in r.paths:
             if (r.name, p) in preds:
                 entry["paths"][p] = evaluate_predictions(gt, preds[(r.name, p)], skeleton)
