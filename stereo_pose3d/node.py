@@ -69,6 +69,7 @@ ESTIMATOR_PARAMETERS = (
     "refine_iterations",
     "locator_candidates",
     "stereo_box_matching",
+    "joint_stereo_matching",
     "max_depth_spread",
     "flip_test",
     "heatmap_decoding",
@@ -103,6 +104,7 @@ class NodeConfig:
     refine_iterations: int = 0
     locator_candidates: int = 2
     stereo_box_matching: bool = True
+    joint_stereo_matching: bool = True
     max_depth_spread: float = 1.0
     flip_test: bool = False
     heatmap_decoding: str = "local"
@@ -179,6 +181,14 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
         "disparity that best matches the left box's image patch along the same rows (NCC, "
         "about 1 ms); the located box is kept when the match is weak. false = the locator's "
         "box per view",
+        False,
+    ),
+    "joint_stereo_matching": (
+        "Rectified pairs: re-measure each joint's disparity by matching a small patch around its "
+        "left-view detection along the same rows of the right view (NCC, sub-pixel, about 2 ms), "
+        "so depth comes from the images' correspondence rather than from two independent "
+        "detections; a joint whose match is weak keeps the network's. false = the network's "
+        "disparities",
         False,
     ),
     "max_depth_spread": (

@@ -93,11 +93,12 @@ def mpjpe(pose, pair) -> float:
 @pytest.fixture
 def oracle_estimator(fixture_checkpoint, monkeypatch):
     """``make(locator_boxes (2, 4), **oracle_kwargs)`` -> estimator on conftest's pair whose
-    locator returns ``locator_boxes`` (score 1) and whose pose network is the oracle."""
+    locator returns ``locator_boxes`` (score 1) and whose pose network is the oracle. Box and
+    joint stereo matching are off: these tests follow the boxes and the network's output."""
 
     def make(pair, locator_boxes: np.ndarray, **oracle_kwargs) -> StereoPoseEstimator:
         est = StereoPoseEstimator.from_checkpoint(
-            fixture_checkpoint, "cpu", stereo_box_matching=False
+            fixture_checkpoint, "cpu", stereo_box_matching=False, joint_stereo_matching=False
         )
         est.pose_net = CropBiasedOracle(pair.joints_3d, **oracle_kwargs)
         patch_locator(monkeypatch, est, locator_boxes)

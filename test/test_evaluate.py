@@ -115,12 +115,18 @@ def test_median_mpjpe_ignores_one_blown_up_sample():
     assert res["per_action"]["walk"]["mpjpe_median_mm"] == pytest.approx(25.0)
 
 
+def result_pred(gt: GroundTruth, uv_result: np.ndarray) -> Predictions:
+    """Predictions whose 3D result projects to ``uv_result``; the detections are the ground
+    truth's (the disparity error is measured on the result, not on the detections)."""
+    pred = make_pred(gt, gt.joints_3d)
+    pred.reprojected_2d = uv_result
+    return pred
+
+
 def test_disparity_error_of_rectified_pairs():
     gt = make_gt()
     # Same shift in both views: 5 px 2D error each, zero disparity error.
-    res = evaluate_predictions(
-        gt, make_pred(gt, gt.joints_3d, gt.joints_2d + np.array([3.0, 4.0])), MPII
-    )
+    res = evaluate_predictions(gt, result_pred(gt, gt.joints_2d + np.array([3.0, 4.0])), MPII)
     assert res["disparity_err_px"] == pytest.approx(0.0, abs=1e-9)
     # Left +1.5 px, right -0.5 px in x: disparity +2 px for every joint; one joint 4 px the
     # other way (left -2 px) -> |d| = (15 * 2 + 1 * 2) / 16, bias (15 * 2 - 1 * 2) / 16.
@@ -128,15 +134,25 @@ def test_disparity_error_of_rectified_pairs():
     uv[:, 0, :, 0] += 1.5
     uv[:, 1, :, 0] -= 0.5
     uv[:, 0, 3, 0] -= 4.0
-    res = evaluate_predictions(gt, make_pred(gt, gt.joints_3d, uv), MPII)
+    res = evaluate_predictions(gt, result_pred(gt, uv), MPII)
     assert res["disparity_err_px"] == pytest.approx(32 / 16)
     assert res["disparity_bias_px"] == pytest.approx(28 / 16)
-    # Joints hidden in one view and non-rectified pairs do not count.
+    # Measured on the result: detections with that disparity error but an exact result (joint
+    # stereo matching corrected it) have none.
+    res = evaluate_predictions(gt, make_pred(gt, gt.joints_3d, uv), MPII)
+    assert res["disparity_err_px"] == pytest.approx(0.0, abs=1e-6)
+    # Joints hidden in one view, joints the model marked invalid (NaN) and non-rectified pairs
+    # do not count.
     gt.visibility[:, 1, 3] = False
-    res = evaluate_predictions(gt, make_pred(gt, gt.joints_3d, uv), MPII)
+    res = evaluate_predictions(gt, result_pred(gt, uv), MPII)
     assert res["disparity_err_px"] == pytest.approx(2.0)
+    uv_far = uv.copy()
+    uv_far[:, 1, 5, 0] -= 300.0  # a wild joint ...
+    pred = result_pred(gt, uv_far)
+    pred.joints_3d[:, 5] = np.nan  # ... that the model flagged invalid
+    assert evaluate_predictions(gt, pred, MPII)["disparity_err_px"] == pytest.approx(2.0)
     gt.P[:, 1, 1, 3] = 5.0  # the right view's rows move: not a rectified pair any more
-    res = evaluate_predictions(gt, make_pred(gt, gt.joints_3d, uv), MPII)
+    res = evaluate_predictions(gt, result_pred(gt, uv), MPII)
     assert np.isnan(res["disparity_err_px"])
 
 

@@ -146,9 +146,11 @@ def peaks(pair, person_right=None, scores=((0.9, 0.8), (0.9, 0.8))):
 @pytest.fixture
 def decoy_estimator(fixture_checkpoint, monkeypatch):
     """``make(pair, boxes (2, m, 4), scores (2, m), **settings)``: the fixture estimator with
-    those locator peaks and the oracle as pose network."""
+    those locator peaks and the oracle as pose network (joint stereo matching off unless
+    ``settings`` say otherwise: these tests follow the oracle's exact output)."""
 
     def make(pair, boxes, scores, **settings) -> StereoPoseEstimator:
+        settings.setdefault("joint_stereo_matching", False)
         est = StereoPoseEstimator.from_checkpoint(fixture_checkpoint, "cpu", **settings)
         est.pose_net = PersonOracle(pair.joints_3d)
         patch_locator(monkeypatch, est, boxes, scores)
@@ -249,7 +251,11 @@ def test_one_candidate_is_the_single_box_pipeline(fixture_checkpoint, synthetic_
     depth gate, written out here independently, with the fixture's real (random) networks."""
     pair = synthetic_stereo_pair
     est = StereoPoseEstimator.from_checkpoint(
-        fixture_checkpoint, "cpu", locator_candidates=1, stereo_box_matching=False
+        fixture_checkpoint,
+        "cpu",
+        locator_candidates=1,
+        stereo_box_matching=False,
+        joint_stereo_matching=False,
     )
     pose = run(est, pair)
     assert pose.source == "locator" and set(pose.timings) == set(TIMING_KEYS)

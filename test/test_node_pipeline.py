@@ -307,12 +307,13 @@ def test_node_parameters_validated_at_start_and_at_run_time():
 
 def test_processor_smooths_confident_joints_over_time():
     """Noisy joints of a person standing still at 30 Hz: the published joints are steadier with
-    the 1-euro filter; smoothing="none" publishes the estimator's joints as they are; joints
-    below min_confidence are passed through unfiltered; a parameter change takes effect."""
+    the 1-euro filter, by what its default cut-off implies; smoothing="none" publishes the
+    estimator's joints as they are; joints below min_confidence are passed through unfiltered;
+    a parameter change takes effect."""
     rng = np.random.default_rng(1)
     conf = np.full(16, 0.9)
     conf[3] = 0.1  # not confident: not filtered
-    noisy = [JOINTS + rng.normal(0, 0.05, JOINTS.shape) for _ in range(60)]
+    noisy = [JOINTS + rng.normal(0, 0.05, JOINTS.shape) for _ in range(150)]
 
     def run(config: ProcessingConfig) -> np.ndarray:
         estimator = FakeEstimator(confidence=conf)
@@ -338,10 +339,16 @@ def test_processor_smooths_confident_joints_over_time():
     assert node_cfg.processing().smoothing_beta == 2.0
     smooth = run(ProcessingConfig())
     assert ProcessingConfig().smoothing == "one_euro"
-    err_raw = np.linalg.norm(raw - JOINTS, axis=-1)[20:]
-    err_smooth = np.linalg.norm(smooth - JOINTS, axis=-1)[20:]
+    assert ProcessingConfig().smoothing_beta == 0.0
+    # At rest with beta 0 the 1-euro filter is an exponential average with factor a = 1 / (1 +
+    # rate / (2 pi cut-off)); on white noise it leaves sqrt(a / (2 - a)) of the error and
+    # a / sqrt(2 - a) of the frame-to-frame motion.
+    a = 1.0 / (1.0 + 30.0 / (2 * np.pi * ProcessingConfig().smoothing_min_cutoff))
     confident = np.arange(16) != 3
-    assert err_smooth[:, confident].mean() < 0.8 * err_raw[:, confident].mean()
+    err_raw = np.linalg.norm(raw - JOINTS, axis=-1)[20:, confident].mean()
+    err_smooth = np.linalg.norm(smooth - JOINTS, axis=-1)[20:, confident].mean()
+    assert err_smooth / err_raw == pytest.approx(np.sqrt(a / (2 - a)), abs=0.04)
+    assert err_smooth < 0.9 * err_raw
     np.testing.assert_allclose(smooth[:, 3], raw[:, 3])
     np.testing.assert_allclose(smooth[0], raw[0])  # the first frame is taken as is
     steadier = run(ProcessingConfig(smoothing_min_cutoff=0.1, smoothing_beta=0.0))
@@ -349,6 +356,7 @@ def test_processor_smooths_confident_joints_over_time():
     def jitter(x: np.ndarray) -> float:  # mean frame-to-frame motion of the confident joints
         return float(np.linalg.norm(np.diff(x, axis=0), axis=-1)[:, confident].mean())
 
+    assert jitter(smooth) / jitter(raw) == pytest.approx(a / np.sqrt(2 - a), abs=0.04)
     assert jitter(steadier) < 0.5 * jitter(smooth) < 0.5 * jitter(raw)
 
 

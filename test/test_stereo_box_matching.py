@@ -23,13 +23,15 @@ from hypothesis import strategies as st
 from test_fuzz_messages import fuzz
 
 from stereo_pose3d import estimator as estimator_module
+from stereo_pose3d import stereo_matching
 from stereo_pose3d.checkpoint import load_model
-from stereo_pose3d.estimator import TIMING_KEYS, StereoPoseEstimator, match_stereo_box
+from stereo_pose3d.estimator import TIMING_KEYS, StereoPoseEstimator
 from stereo_pose3d.models.config import DEFAULT_ESTIMATOR, ConfigError, tiny_system_config
 from stereo_pose3d.models.config import validate_config as validate_model_config
 from stereo_pose3d.node import ConfigError as NodeConfigError
 from stereo_pose3d.node import NodeConfig, StereoPose3DNode
 from stereo_pose3d.node import validate_config as validate_node_config
+from stereo_pose3d.stereo_matching import match_stereo_box
 
 H, W, F = 480, 640, 500.0
 
@@ -114,7 +116,7 @@ def test_flat_and_noise_only_images_fall_back():
     rng = np.random.default_rng(0)
     a, b = (rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(2))
     box, _, score = match_stereo_box(a, b, box_left, box_right, P)
-    assert box is None and score < estimator_module.MATCH_MIN_SCORE
+    assert box is None and score < stereo_matching.MATCH_MIN_SCORE
     # A textured left view and a flat right one.
     assert match_stereo_box(texture(2), flat, box_left, box_right, P)[0] is None
 

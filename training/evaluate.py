@@ -262,7 +262,10 @@ def evaluate_predictions(
     # Disparity error (rectified pairs): what depth is made of, Z = f B / d, so dZ = Z^2/(f B) dd.
     # Signed x-difference of the two views against the ground truth's, over joints visible in
     # both views; mean absolute value and the mean (a bias shifts the whole person in depth).
-    uv, uv_gt = pred.joints_2d[found], gt.joints_2d[found]
+    # Measured on the 3D result's projections over its valid joints (joint stereo matching
+    # changes the disparity after detection; invalid joints are not part of the result).
+    uv = np.where(finite[found][:, None, :, None], pred.reprojected_2d[found], np.nan)
+    uv_gt = gt.joints_2d[found]
     dd = (uv[:, 0, :, 0] - uv[:, 1, :, 0]) - (uv_gt[:, 0, :, 0] - uv_gt[:, 1, :, 0])
     both = gt.visibility[found].astype(bool).all(axis=1) & np.isfinite(dd)
     rect = np.array([is_rectified_pair(P) for P in gt.P[found]], bool)[:, None] & both
@@ -343,7 +346,7 @@ def triangulation_floor(
 
 
 # Constant-velocity Kalman filter (accel_std m/s^2, meas_std m), chosen by tune-temporal.
-KALMAN_PARAMS = (100.0, 0.4)
+KALMAN_PARAMS = (100.0, 0.1)
 
 
 def _sequences(gt: GroundTruth) -> list[np.ndarray]:
@@ -1127,6 +1130,12 @@ def _main(args: argparse.Namespace) -> int:
             setting_notes.append(
                 f"{r.name}: full path with stereo box matching (estimator stereo_box_matching: "
                 "the right box is the left box shifted by its NCC disparity along the rows)"
+            )
+        if r.settings.get("joint_stereo_matching") and full:
+            setting_notes.append(
+                f"{r.name}: full path with joint stereo matching (estimator "
+                "joint_stereo_matching: each joint's disparity from NCC of a patch around it "
+                "along the rows; the gt-box path is the network alone, without it)"
             )
         if setting_notes:
             report.setdefault("notes", []).extend(setting_notes)

@@ -71,6 +71,11 @@ DEFAULT_ESTIMATOR: dict[str, Any] = {
     # Rectified pairs: the right box = the left box shifted by the disparity that best matches
     # the left box's image patch along the same rows (NCC); the locator's box when that is weak.
     "stereo_box_matching": True,
+    # Rectified pairs: each joint's disparity is re-measured by matching a small patch around its
+    # left-view detection along the same rows of the right view (NCC, sub-pixel), so its depth
+    # comes from the images' correspondence rather than from two independent detections; the
+    # network's disparity is kept where the match is weak.
+    "joint_stereo_matching": True,
     # Joints whose depth (along the first view's axis) is more than this many metres from the
     # median depth of the person's joints are marked invalid (confidence 0): a joint confused
     # between views (left/right swap) has a wrong disparity, metres off at narrow baselines.
@@ -222,6 +227,11 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
             raise ConfigError(
                 f"{where}.estimator.stereo_box_matching must be true or false, "
                 f"got {settings['stereo_box_matching']!r}"
+            )
+        if not isinstance(settings["joint_stereo_matching"], bool):
+            raise ConfigError(
+                f"{where}.estimator.joint_stereo_matching must be true or false, "
+                f"got {settings['joint_stereo_matching']!r}"
             )
         if not isinstance(settings["flip_test"], bool):
             raise ConfigError(
