@@ -233,6 +233,13 @@ def _check_projection(P: Any, name: str) -> np.ndarray:
     return P
 
 
+def _true_or_false(name: str, value: Any) -> bool:
+    """``value`` as a bool if it is one (numpy's included); ValueError naming ``name`` if not."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _int_in_range(name: str, value: Any, low: int, high: int) -> int:
     """``value`` as an int if it is an integer (not a bool) in ``[low, high]``; else ValueError."""
     if (
@@ -373,9 +380,7 @@ class StereoPoseEstimator:
 
     @flip_test.setter
     def flip_test(self, value: bool) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"flip_test must be true or false, got {value!r}")
-        self.settings["flip_test"] = bool(value)
+        self.settings["flip_test"] = _true_or_false("flip_test", value)
 
     @property
     def heatmap_decoding(self) -> str:
@@ -411,15 +416,11 @@ class StereoPoseEstimator:
 
     @joint_stereo_matching.setter
     def joint_stereo_matching(self, value: bool) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"joint_stereo_matching must be true or false, got {value!r}")
-        self.settings["joint_stereo_matching"] = bool(value)
+        self.settings["joint_stereo_matching"] = _true_or_false("joint_stereo_matching", value)
 
     @stereo_box_matching.setter
     def stereo_box_matching(self, value: bool) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"stereo_box_matching must be true or false, got {value!r}")
-        self.settings["stereo_box_matching"] = bool(value)
+        self.settings["stereo_box_matching"] = _true_or_false("stereo_box_matching", value)
 
     @classmethod
     def from_checkpoint(
