@@ -29,6 +29,8 @@ __all__ = [
     "Triangulation",
     "crop_transform",
     "distort_points",
+    "epipolar_distance",
+    "fundamental_matrix",
     "project",
     "reprojection_error",
     "stereo_baseline",
@@ -165,6 +167,37 @@ def stereo_baseline(P_right: np.ndarray) -> float:
     if P_right[0, 0] == 0.0:
         raise CalibrationError("right P has zero focal length")
     return float(-P_right[0, 3] / P_right[0, 0])
+
+
+def fundamental_matrix(P_first: np.ndarray, P_second: np.ndarray) -> np.ndarray:
+    """``F (3, 3)`` of two projections ``(3, 4)``: ``x2^T F x1 = 0`` for the images ``x1, x2``
+    (homogeneous px) of any 3D point (Hartley & Zisserman, eq. 9.1: ``F = [e2]_x P2 P1^+`` with
+    ``e2 = P2 C1``, ``C1`` the first camera's centre). Scaled to unit Frobenius norm."""
+    P1 = np.asarray(P_first, dtype=np.float64).reshape(3, 4)
+    P2 = np.asarray(P_second, dtype=np.float64).reshape(3, 4)
+    centre = np.linalg.svd(P1)[2][-1]  # null vector of P1
+    e2 = P2 @ centre
+    skew = np.array([[0.0, -e2[2], e2[1]], [e2[2], 0.0, -e2[0]], [-e2[1], e2[0], 0.0]])
+    F = skew @ P2 @ np.linalg.pinv(P1)
+    return F / np.linalg.norm(F)
+
+
+def epipolar_distance(points_2d: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Symmetric epipolar distance (px) of point pairs ``points_2d (2, N, 2)`` in two views with
+    projections ``P (2, 3, 4)``: the mean of each point's distance to the epipolar line of the
+    other. 0 for the two images of one 3D point; ``|v_left - v_right|`` for a rectified pair.
+    NaN where a point is not finite."""
+    uv = np.asarray(points_2d, dtype=np.float64)
+    F = fundamental_matrix(P[0], P[1])
+    x1 = np.concatenate([uv[0], np.ones_like(uv[0, :, :1])], axis=-1)
+    x2 = np.concatenate([uv[1], np.ones_like(uv[1, :, :1])], axis=-1)
+    lines_2 = x1 @ F.T  # epipolar lines in the second image (F x1)
+    lines_1 = x2 @ F  # in the first (F^T x2)
+    residual = np.abs((x2 * lines_2).sum(axis=-1))
+    with np.errstate(all="ignore"):
+        d2 = residual / np.hypot(lines_2[:, 0], lines_2[:, 1])
+        d1 = residual / np.hypot(lines_1[:, 0], lines_1[:, 1])
+    return 0.5 * (d1 + d2)
 
 
 # --------------------------------------------------------------------------------------------

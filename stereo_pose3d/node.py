@@ -71,6 +71,7 @@ ESTIMATOR_PARAMETERS = (
     "stereo_box_matching",
     "joint_stereo_matching",
     "max_depth_spread",
+    "max_epipolar_offset",
     "flip_test",
     "heatmap_decoding",
 )
@@ -106,6 +107,7 @@ class NodeConfig:
     stereo_box_matching: bool = True
     joint_stereo_matching: bool = True
     max_depth_spread: float = 1.0
+    max_epipolar_offset: float = 0.03
     flip_test: bool = False
     heatmap_decoding: str = "local"
     smoothing: str = "one_euro"
@@ -194,6 +196,13 @@ PARAMETER_DOCS: dict[str, tuple[str, bool]] = {
     "max_depth_spread": (
         "Metres: joints farther than this from the median depth of the person's joints are "
         "left out (confidence 0; a joint confused between the views lands metres away); "
+        "0 = off",
+        False,
+    ),
+    "max_epipolar_offset": (
+        "Fraction of the person's height in the image: joints whose two views' detections are "
+        "farther than this from each other's epipolar line (rectified pairs: whose rows differ "
+        "by more) are left out (confidence 0): one view took another limb or an occluder; "
         "0 = off",
         False,
     ),
@@ -291,6 +300,11 @@ def validate_config(values: dict[str, Any], check_files: bool = True) -> NodeCon
     check(
         0.0 <= out["max_depth_spread"] <= 100.0,
         f"max_depth_spread: must be in [0, 100] metres (0 = off), got {out['max_depth_spread']}",
+    )
+    check(
+        0.0 <= out["max_epipolar_offset"] <= 1.0,
+        "max_epipolar_offset: must be in [0, 1] (a fraction of the person's height; 0 = off), "
+        f"got {out['max_epipolar_offset']}",
     )
     check(
         out["heatmap_decoding"] in HEATMAP_DECODINGS,

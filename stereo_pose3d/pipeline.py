@@ -195,10 +195,11 @@ def prepare_frame(
 
 
 # 1-euro filter parameters chosen by ``python -m training tune-temporal`` on synthetic training
-# clips at 30 and 15 Hz (docs/models.md, "Pipeline", step 7): a 20 Hz low-pass (time constant
-# 8 ms); a speed term (beta > 0) did not help, the depth noise itself is fast. (With joint
-# stereo matching the depth noise is small: a lower cut-off lags more than it smooths.)
-SMOOTHING_MIN_CUTOFF = 20.0  # Hz
+# clips at 30 and 15 Hz (docs/models.md, "Pipeline", step 7): a 30 Hz low-pass (time constant
+# 5 ms); a speed term (beta > 0) did not help, the depth noise itself is fast. (With joint
+# stereo matching and the epipolar gate the depth noise is small: a lower cut-off lags more than
+# it smooths.)
+SMOOTHING_MIN_CUTOFF = 30.0  # Hz
 SMOOTHING_BETA = 0.0  # s/m
 # A joint unseen for longer than this restarts from its next observation instead of blending.
 SMOOTHING_RESET_S = 0.5

@@ -256,6 +256,7 @@ def test_one_candidate_is_the_single_box_pipeline(fixture_checkpoint, synthetic_
         locator_candidates=1,
         stereo_box_matching=False,
         joint_stereo_matching=False,
+        max_epipolar_offset=0.0,
     )
     pose = run(est, pair)
     assert pose.source == "locator" and set(pose.timings) == set(TIMING_KEYS)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-EURO_MIN_CUTOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0)
+EURO_MIN_CUTOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 50.0)
 EURO_BETA = (0.0, 0.3, 1.0, 3.0)
 KALMAN_ACCEL = (3.0, 10.0, 30.0, 100.0)
 KALMAN_MEAS = (0.05, 0.1, 0.2, 0.4)

@@ -81,6 +81,11 @@ DEFAULT_ESTIMATOR: dict[str, Any] = {
     # between views (left/right swap) has a wrong disparity, metres off at narrow baselines.
     # 0 = off.
     "max_depth_spread": 1.0,
+    # Joints whose two detections are farther than this x the person's height (px, first view)
+    # from each other's epipolar line (for a rectified pair: whose rows differ by more) are
+    # marked invalid: the two images of one point lie on corresponding epipolar lines, so one
+    # view took another limb or an occluder. 0 = off.
+    "max_epipolar_offset": 0.03,
     # Flip test: the pose network also sees the horizontally mirrored crops (same batch); their
     # heatmaps, mirrored back and joint-permuted, are averaged with the originals' before the
     # soft-argmax. Doubles the pose network's cost.
@@ -247,6 +252,12 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
             raise ConfigError(
                 f"{where}.estimator.max_depth_spread must be a number of metres >= 0 "
                 f"(0 = off), got {spread!r}"
+            )
+        offset = settings["max_epipolar_offset"]
+        if isinstance(offset, bool) or not isinstance(offset, int | float) or not offset >= 0:
+            raise ConfigError(
+                f"{where}.estimator.max_epipolar_offset must be a fraction of the person's "
+                f"height >= 0 (0 = off), got {offset!r}"
             )
         config["estimator"] = settings
         return config
