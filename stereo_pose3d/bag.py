@@ -622,6 +622,7 @@ def _bag_fps(n_frames: int, topics: dict[str, str], bag: str | Path) -> float:
 def process_main(args: argparse.Namespace) -> int:
     from stereo_pose3d.checkpoint import CheckpointError
     from stereo_pose3d.estimator import StereoPoseEstimator
+    from stereo_pose3d.models.config import parse_estimator_settings
     from stereo_pose3d.node import DEFAULT_WEIGHTS
 
     if Path(args.out).exists():  # before the (slow) weights loading
@@ -632,7 +633,12 @@ def process_main(args: argparse.Namespace) -> int:
         return 2
     weights = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
     try:
-        estimator = StereoPoseEstimator.from_checkpoint(weights, device=args.device)
+        settings = parse_estimator_settings(args.estimator)
+    except ValueError as exc:
+        print(f"stereo_pose3d_bag process: {exc}", file=sys.stderr)
+        return 2
+    try:
+        estimator = StereoPoseEstimator.from_checkpoint(weights, device=args.device, **settings)
     except (CheckpointError, ValueError, OSError) as exc:
         print(
             f"stereo_pose3d_bag process: cannot load weights {str(weights)!r}: {exc}",
@@ -718,6 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("one_euro", "none"),
         default="one_euro",
         help="temporal smoothing of the joints, as the node's parameter (default one_euro)",
+    )
+    proc.add_argument(
+        "--estimator",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an estimator setting, as the node's parameter of that name (repeatable; YAML "
+        "value), e.g. joint_stereo_matching=false or flip_test=true",
     )
     return parser
 

@@ -166,6 +166,41 @@ def test_process_cli_with_fixture_checkpoint(stereo_bag, tmp_path, fixture_check
     assert "exists already" in capsys.readouterr().err
 
 
+def test_process_cli_estimator_settings(
+    stereo_bag, tmp_path, fixture_checkpoint, capsys, monkeypatch
+):
+    """``--estimator KEY=VALUE`` reaches the estimator as the node's parameter of that name would;
+    a malformed item, an unknown key or a bad value exits 2 with a message naming it."""
+    from stereo_pose3d.estimator import StereoPoseEstimator
+
+    src, _ = stereo_bag
+    built = []
+    real = StereoPoseEstimator.from_checkpoint.__func__
+
+    def recording(cls, *args, **kwargs):
+        est = real(cls, *args, **kwargs)
+        built.append(est)
+        return est
+
+    monkeypatch.setattr(StereoPoseEstimator, "from_checkpoint", classmethod(recording))
+    base = ["process", str(src), "--weights", str(fixture_checkpoint), "--device", "cpu"]
+    code = bagtool.main(
+        [*base, "--out", str(tmp_path / "a"), "--estimator", "joint_stereo_matching=false",
+         "--estimator", "max_epipolar_offset=0.05"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert built[-1].joint_stereo_matching is False and built[-1].max_epipolar_offset == 0.05
+    for item, message in (
+        ("nokey", "expected KEY=VALUE"),
+        ("bogus=1", "unknown estimator setting 'bogus'"),
+        ("flip_test=maybe", "flip_test must be true or false"),
+    ):
+        out = tmp_path / item.replace("=", "_")
+        assert bagtool.main([*base, "--out", str(out), "--estimator", item]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_bag_errors_are_clear(tmp_path):
     with pytest.raises(bagtool.BagError, match="does not exist"):
         bagtool.open_reader(tmp_path / "missing.mcap")

@@ -978,14 +978,9 @@ def _estimator_settings(
     """The full path's estimator overrides: ``--estimator`` items ``["key=value", ...]``
     (values parsed as YAML; ValueError names a bad item), then the shortcuts ``--refine N`` and
     ``--stereo-box-matching on|off`` (None: not given, the checkpoint's setting stays)."""
-    import yaml
+    from stereo_pose3d.models.config import parse_estimator_settings
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--estimator {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+    out = parse_estimator_settings(items)
     if refine is not None:
         out["refine_iterations"] = refine
     if stereo_box_matching is not None:

@@ -102,6 +102,31 @@ class ConfigError(ValueError):
     """A model configuration that cannot be built; the message names the offending key."""
 
 
+def parse_estimator_settings(items: list[str], option: str = "--estimator") -> dict[str, Any]:
+    """Command-line estimator overrides ``["key=value", ...]`` -> ``{key: value}``, values
+    parsed as YAML (``max_depth_spread=0`` -> 0, ``flip_test=true`` -> True). ValueError names
+    an item that is not KEY=VALUE or a key that is not in :data:`DEFAULT_ESTIMATOR`; the values
+    are checked where they are used (``StereoPoseEstimator``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE")
+        if key not in DEFAULT_ESTIMATOR:
+            raise ValueError(
+                f"{option} {item!r}: unknown estimator setting {key!r}; known: "
+                f"{', '.join(sorted(DEFAULT_ESTIMATOR))}"
+            )
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{option} {item!r}: value is not YAML ({exc})") from exc
+    return out
+
+
 def pose_config(
     architecture: str = "cdrnet",
     backbone: str = "resnet50",
