@@ -363,3 +363,20 @@ def test_3d_figure_draws_the_joints_that_are_left():
         _draw_3d(ax, X, BODY, MPII, "t")
         assert len(ax.lines) == expected
         plt.close(fig)
+
+
+def test_estimator_overrides_scoped_to_a_model_name():
+    from training.evaluate import _estimator_settings, _items_for
+
+    items = ["max_depth_spread=0", "b:flip_test=true", "a:joint_stereo_matching=false"]
+    expected_a = ["max_depth_spread=0", "joint_stereo_matching=false"]
+    assert _items_for(items, "a", ["a", "b"]) == expected_a
+    assert _estimator_settings(_items_for(items, "b", ["a", "b"])) == {
+        "max_depth_spread": 0,
+        "flip_test": True,
+    }
+    assert _items_for(["max_depth_spread=0"], None, []) == ["max_depth_spread=0"]
+    with pytest.raises(ValueError, match="no model is named 'c'"):
+        _items_for(["c:flip_test=true"], "a", ["a", "b"])
+    with pytest.raises(ValueError, match="unknown estimator setting 'flipp_test'"):
+        _estimator_settings(["flipp_test=true"])

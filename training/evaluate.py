@@ -962,7 +962,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override an estimator setting of the full path, e.g. max_depth_spread=0 "
-        "(YAML value; keys: stereo_pose3d.models.config.DEFAULT_ESTIMATOR)",
+        "(YAML value; keys: stereo_pose3d.models.config.DEFAULT_ESTIMATOR); NAME:KEY=VALUE "
+        "applies it to the model of that --name only (the same checkpoint twice with other "
+        "settings: --ckpt W --name a --ckpt W --name b --estimator b:flip_test=true)",
     )
     parser.add_argument(
         "--stereo-box-matching",
@@ -970,6 +972,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="place the full path's right box by NCC matching of the left box along its rows "
         "(estimator stereo_box_matching; default: the checkpoint's setting)",
     )
+
+
+def _items_for(items: list[str], name: str, names: list[str]) -> list[str]:
+    """The ``--estimator`` items that apply to the model ``name``: the plain ``KEY=VALUE`` ones
+    and the ``NAME:KEY=VALUE`` ones of that name (without the prefix). ValueError for a prefix
+    that names none of ``names``."""
+    out = []
+    for item in items:
+        key = item.partition("=")[0]
+        if ":" not in key:
+            out.append(item)
+            continue
+        scope, _, rest = item.partition(":")
+        if scope not in names:
+            raise ValueError(f"--estimator {item!r}: no model is named {scope!r} ({names})")
+        if scope == name:
+            out.append(rest)
+    return out
 
 
 def _estimator_settings(
@@ -1017,7 +1037,7 @@ def _main(args: argparse.Namespace) -> int:
             args.device,
             n,
             _estimator_settings(
-                getattr(args, "estimator", None) or [],
+                _items_for(getattr(args, "estimator", None) or [], n, [x for x in names if x]),
                 refine=getattr(args, "refine", None),
                 stereo_box_matching=getattr(args, "stereo_box_matching", None),
             ),
