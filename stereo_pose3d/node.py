@@ -874,6 +874,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # SIGINT's handler shuts the context down; when that lands while spin() builds its wait
+        # set, rclpy raises RCLError (a RuntimeError: "failed to initialize wait set: the given
+        # context is not valid") instead of ExternalShutdownException (ros2/rclpy#398,
+        # ros2/ros2cli#854). That is a clean shutdown; any other RuntimeError is not.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from stereo_pose3d.processes import stop_process
 
 # Prints "ready" once its SIGINT handler is installed, then sleeps; on SIGINT exits with ``code``.
@@ -55,3 +57,34 @@ def test_exited_process_is_left_alone() -> None:
     proc.wait(10)
     assert stop_process(proc) == 7
     assert stop_process(proc) == 7  # idempotent
+
+
+def test_node_main_treats_a_shutdown_race_as_a_clean_exit(monkeypatch):
+    """SIGINT can shut the context down while spin() builds its wait set; rclpy then raises a
+    RuntimeError (RCLError) instead of ExternalShutdownException. main() exits 0 then, and
+    re-raises a RuntimeError raised while the context is still up."""
+    import rclpy
+
+    from stereo_pose3d import node as node_module
+
+    destroyed = []
+
+    class StubNode:
+        def destroy_node(self):
+            destroyed.append(True)
+
+    def racing_spin(node):
+        rclpy.shutdown()  # what the signal handler does
+        raise RuntimeError("failed to initialize wait set: the given context is not valid")
+
+    def failing_spin(node):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(node_module, "StereoPose3DNode", StubNode)
+    monkeypatch.setattr(rclpy, "spin", racing_spin)
+    assert node_module.main([]) == 0
+    assert destroyed == [True] and not rclpy.ok()
+    monkeypatch.setattr(rclpy, "spin", failing_spin)
+    with pytest.raises(RuntimeError, match="something else"):
+        node_module.main([])
+    assert destroyed == [True, True] and not rclpy.ok()  # shut down on the way out
