@@ -330,6 +330,12 @@ def play_main(args: argparse.Namespace) -> int:
         time.sleep(0.2)  # let the last reliable messages go out before the participant ends
     except (KeyboardInterrupt, ExternalShutdownException):
         player.stop()
+    except RuntimeError:
+        # A publish racing with SIGINT's shutdown of the context raises RCLError (a
+        # RuntimeError), as spin() does in the node's main(): a clean stop then.
+        if rclpy.ok():
+            raise
+        player.stop()
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

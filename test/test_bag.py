@@ -364,3 +364,26 @@ def test_shipped_weights_accuracy_on_a_validation_clip(tmp_path):
     summary = bagtool.process_bag(src, tmp_path / "out", est, namespace=NS)
     assert summary.gt_frames >= 4, summary
     assert summary.mpjpe_mm < SHIPPED_MPJPE_BOUND_MM, summary
+
+
+def test_play_treats_a_shutdown_race_as_a_clean_stop(stereo_bag, monkeypatch, capsys):
+    """A publish that races with SIGINT's shutdown of the context raises a RuntimeError
+    (RCLError); play exits 0 then, and re-raises one raised while the context is up."""
+    import rclpy
+
+    src, _ = stereo_bag
+
+    def racing_play(self):
+        rclpy.shutdown()  # what the signal handler does
+        raise RuntimeError("failed to publish: publisher's context is invalid")
+
+    def failing_play(self):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(bagtool.BagPlayer, "play", racing_play)
+    assert bagtool.main(["play", str(src)]) == 0
+    assert not rclpy.ok()
+    monkeypatch.setattr(bagtool.BagPlayer, "play", failing_play)
+    with pytest.raises(RuntimeError, match="something else"):
+        bagtool.main(["play", str(src)])
+    assert not rclpy.ok()
