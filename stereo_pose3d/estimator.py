@@ -244,6 +244,14 @@ def _true_or_false(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def _non_negative(name: str, value: Any, what: str) -> float:
+    """``value`` as a float if it is a number (not a bool) >= 0; ValueError naming ``name`` and
+    ``what`` it measures otherwise (NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be {what} >= 0 (0 = off), got {value!r}")
+    return float(value)
+
+
 def _int_in_range(name: str, value: Any, low: int, high: int) -> int:
     """``value`` as an int if it is an integer (not a bool) in ``[low, high]``; else ValueError."""
     if (
@@ -399,9 +407,7 @@ class StereoPoseEstimator:
 
     @max_depth_spread.setter
     def max_depth_spread(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ValueError(f"max_depth_spread must be metres >= 0 (0 = off), got {value!r}")
-        self.settings["max_depth_spread"] = float(value)
+        self.settings["max_depth_spread"] = _non_negative("max_depth_spread", value, "metres")
 
     @property
     def max_epipolar_offset(self) -> float:
@@ -412,12 +418,9 @@ class StereoPoseEstimator:
 
     @max_epipolar_offset.setter
     def max_epipolar_offset(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ValueError(
-                f"max_epipolar_offset must be a fraction of the person's height >= 0 (0 = off), "
-                f"got {value!r}"
-            )
-        self.settings["max_epipolar_offset"] = float(value)
+        self.settings["max_epipolar_offset"] = _non_negative(
+            "max_epipolar_offset", value, "a fraction of the person's height"
+        )
 
     @property
     def flip_test(self) -> bool:

@@ -253,37 +253,25 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
                 f"{where}.estimator.locator_candidates must be an integer in "
                 f"[1, {MAX_LOCATOR_CANDIDATES}], got {candidates!r}"
             )
-        if not isinstance(settings["stereo_box_matching"], bool):
-            raise ConfigError(
-                f"{where}.estimator.stereo_box_matching must be true or false, "
-                f"got {settings['stereo_box_matching']!r}"
-            )
-        if not isinstance(settings["joint_stereo_matching"], bool):
-            raise ConfigError(
-                f"{where}.estimator.joint_stereo_matching must be true or false, "
-                f"got {settings['joint_stereo_matching']!r}"
-            )
-        if not isinstance(settings["flip_test"], bool):
-            raise ConfigError(
-                f"{where}.estimator.flip_test must be true or false, got {settings['flip_test']!r}"
-            )
+        for key in ("stereo_box_matching", "joint_stereo_matching", "flip_test"):
+            if not isinstance(settings[key], bool):
+                raise ConfigError(
+                    f"{where}.estimator.{key} must be true or false, got {settings[key]!r}"
+                )
         if settings["heatmap_decoding"] not in HEATMAP_DECODINGS:
             raise ConfigError(
                 f"{where}.estimator.heatmap_decoding must be one of {list(HEATMAP_DECODINGS)}, "
                 f"got {settings['heatmap_decoding']!r}"
             )
-        spread = settings["max_depth_spread"]
-        if isinstance(spread, bool) or not isinstance(spread, int | float) or not spread >= 0:
-            raise ConfigError(
-                f"{where}.estimator.max_depth_spread must be a number of metres >= 0 "
-                f"(0 = off), got {spread!r}"
-            )
-        offset = settings["max_epipolar_offset"]
-        if isinstance(offset, bool) or not isinstance(offset, int | float) or not offset >= 0:
-            raise ConfigError(
-                f"{where}.estimator.max_epipolar_offset must be a fraction of the person's "
-                f"height >= 0 (0 = off), got {offset!r}"
-            )
+        for key, what in (
+            ("max_depth_spread", "a number of metres"),
+            ("max_epipolar_offset", "a fraction of the person's height"),
+        ):
+            value = settings[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ConfigError(
+                    f"{where}.estimator.{key} must be {what} >= 0 (0 = off), got {value!r}"
+                )
         config["estimator"] = settings
         return config
 
